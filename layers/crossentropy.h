@@ -5,7 +5,7 @@
 ** Returns the sum of losses (computed in double) so callers average it however
 ** the batch is split. Backward: dlogits += scale * (probs - onehot(targets)),
 ** where scale is d(total loss)/d(losses[n]), the same for every n (e.g.
-** 1/tokens-in-global-batch). dlogits may alias probs (in-place).
+** 1/tokens-in-global-batch). dlogits must not alias probs.
 */
 #ifndef MOE_CROSSENTROPY_H
 #define MOE_CROSSENTROPY_H

@@ -34,7 +34,14 @@
 
 typedef enum { MOE_DROP_PROBS = 0, MOE_DROP_POSITION = 1 } moe_drop_policy;
 
-/* Returns R, the number of rows. Deterministic. Dropped pairs: slot_row -1. */
+/* Returns R, the number of rows. Deterministic. Dropped pairs: slot_row -1.
+** counts[e] is the number of real (kept, non-padding) rows of expert e, so
+** N*K - sum(counts) pairs were dropped; offsets[e+1] - offsets[e] also counts
+** padding. row_slot[r] is the flat n*K+k pair of row r, row_token[r] = its n.
+** topk_w is read only for PROBS with capacity > 0 (may be NULL otherwise).
+** Returns -1 (and leaves the outputs undefined) for an expert index outside
+** [0, E), N < 0, K < 0, E <= 0, or a NULL topk_w that PROBS needs.
+** No scratch memory: slot_row doubles as the sort buffer. */
 int MOE_OP(route_plan)(int32_t *counts, int32_t *offsets, int32_t *slot_row, int32_t *row_token,
                        int32_t *row_slot, const int32_t *topk_idx, const real *topk_w, int N,
                        int E, int K, int capacity, moe_drop_policy policy, int pad);

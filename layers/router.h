@@ -8,6 +8,8 @@
 ** topk_idx[N,K] lists the chosen experts by descending selection value;
 ** topk_w[N,K] are their scores (not biased), divided by their sum when
 ** norm_topk (softmax + norm_topk equals softmax over the K chosen logits).
+** Needs 1 <= K <= E. (Should every chosen score underflow to 0, the weights
+** stay unnormalised zeros instead of becoming NaN; backward agrees.)
 **
 ** Backward accumulates d(loss)/d(logits) from d(loss)/d(topk_w).
 */
