@@ -1,0 +1,36 @@
+#include "runtime/base/cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/base/log.h"
+
+int moe_cpu_has_avx512(void)
+{
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+const char *moe_cpu_blas_coretype(void)
+{
+    const char *c = getenv("OPENBLAS_CORETYPE");
+    return c ? c : "";
+}
+
+void moe_cpu_pick_blas_kernels(char **argv)
+{
+    const char *mode = getenv("MOE_BLAS_AUTO");
+    if ((mode && strcmp(mode, "0") == 0) || getenv("OPENBLAS_CORETYPE") || !moe_cpu_has_avx512())
+        return;
+    if (setenv("OPENBLAS_CORETYPE", "SkylakeX", 1) != 0)
+        return;
+    execv("/proc/self/exe", argv);
+    moe_warn("could not re-execute with OPENBLAS_CORETYPE=SkylakeX; BLAS runs its AVX2 kernels");
+    unsetenv("OPENBLAS_CORETYPE");
+}

@@ -1,0 +1,108 @@
+#include "runtime/peak.h"
+
+#include <errno.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "layers/gemm.h"
+#include "runtime/base/cpu.h"
+#include "runtime/base/mem.h"
+#include "runtime/base/timer.h"
+
+moe_status moe_peak_measure(moe_peak *out, int size, int reps)
+{
+    size_t n = (size_t)size * size;
+    float *a = NULL, *b = NULL, *c = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRY_GOTO(moe_alloc((void **)&a, n * sizeof(float), "peak A"), st, done);
+    MOE_TRY_GOTO(moe_alloc((void **)&b, n * sizeof(float), "peak B"), st, done);
+    MOE_TRY_GOTO(moe_alloc((void **)&c, n * sizeof(float), "peak C"), st, done);
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (float)((i * 7) % 13) * 0.01f;
+        b[i] = (float)((i * 5) % 11) * 0.01f;
+    }
+    moe_gemm(0, 1, size, size, size, 1.0f, a, size, b, size, 0.0f, c, size); /* warm-up */
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = moe_now();
+        moe_gemm(0, 1, size, size, size, 1.0f, a, size, b, size, 0.0f, c, size);
+        double dt = moe_now() - t0;
+        best = dt < best ? dt : best;
+    }
+    memset(out, 0, sizeof *out);
+    out->gflops = 2.0 * size * (double)size * size / best / 1e9;
+    out->threads = omp_get_max_threads();
+    out->size = size;
+    snprintf(out->coretype, sizeof out->coretype, "%s", moe_cpu_blas_coretype()[0] ? moe_cpu_blas_coretype() : "auto");
+done:
+    moe_free(a);
+    moe_free(b);
+    moe_free(c);
+    return st;
+}
+
+moe_status moe_peak_cache_path(char *buf, size_t cap)
+{
+    char dir[768];
+    const char *env = getenv("MOE_CACHE_DIR"), *home = getenv("HOME");
+    if (env && *env)
+        snprintf(dir, sizeof dir, "%s", env);
+    else
+        snprintf(dir, sizeof dir, "%s/.cache/moe", home && *home ? home : "/tmp");
+    char host[128] = "host";
+    gethostname(host, sizeof host - 1);
+    const char *core = moe_cpu_blas_coretype();
+    snprintf(buf, cap, "%s/peak-%s-t%d-%s.json", dir, host, omp_get_max_threads(), core[0] ? core : "auto");
+    return MOE_OK;
+}
+
+static moe_status mkdir_p(const char *path)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    return MOE_OK;
+}
+
+moe_status moe_peak_get(moe_peak *out)
+{
+    char path[1024];
+    MOE_TRY(moe_peak_cache_path(path, sizeof path));
+    FILE *f = fopen(path, "r");
+    if (f) {
+        int ok = fscanf(f, "{\"gflops\": %lf, \"threads\": %d, \"size\": %d", &out->gflops, &out->threads, &out->size) == 3;
+        fclose(f);
+        if (ok && out->gflops > 0) {
+            snprintf(out->coretype, sizeof out->coretype, "%s", moe_cpu_blas_coretype());
+            return MOE_OK;
+        }
+    }
+    MOE_TRY(moe_peak_measure(out, 2048, 5));
+    if (mkdir_p(path) != MOE_OK) {
+        moe_error_clear(); /* an unwritable cache costs a re-measure next time, nothing more */
+        return MOE_OK;
+    }
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
+    f = fopen(tmp, "w");
+    if (f) {
+        fprintf(f, "{\"gflops\": %.3f, \"threads\": %d, \"size\": %d, \"coretype\": \"%s\"}\n", out->gflops,
+                out->threads, out->size, out->coretype);
+        if (fclose(f) == 0)
+            rename(tmp, path);
+        else
+            unlink(tmp);
+    }
+    return MOE_OK;
+}
