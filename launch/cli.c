@@ -1,10 +1,64 @@
 #include "launch/cli.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "launch/data_prepare.h"
+#include "launch/inspect.h"
+#include "launch/local.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moe <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  train             train a model locally (moe train --help)\n"
+            "  data prepare      turn text into token shards (moe data prepare --help)\n"
+            "  inspect           validate and show a checkpoint (moe inspect checkpoint DIR)\n"
+            "  bench             benchmarks: gemm, train (moe bench --help)\n"
+            "\n"
+            "Exit status: 0 success, 2 bad usage or input, 1 failure while running.\n");
+}
+
+/* `moe bench ...` runs moe-bench from the same directory. */
+static int run_bench(int argc, char **argv)
+{
+    char dir[PATH_MAX], bench[PATH_MAX + 16];
+    moe_self_dir(dir, sizeof dir);
+    snprintf(bench, sizeof bench, "%s/moe-bench", dir);
+    char *args[argc + 2];
+    args[0] = bench;
+    for (int i = 0; i < argc; i++)
+        args[i + 1] = argv[i];
+    args[argc + 1] = NULL;
+    execv(bench, args);
+    fprintf(stderr, "moe bench: error: cannot run %s: %s\n", bench, strerror(errno));
+    return 1;
+}
 
 int moe_cli_main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    return 0;
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") == 0)
+        return moe_train_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "data") == 0) {
+        if (argc >= 3 && strcmp(argv[2], "prepare") == 0)
+            return moe_data_prepare_main(argc - 3, argv + 3);
+        fprintf(stderr, "moe data: error: expected 'moe data prepare ...'\n");
+        return 2;
+    }
+    if (strcmp(cmd, "inspect") == 0)
+        return moe_inspect_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "bench") == 0)
+        return run_bench(argc - 2, argv + 2);
+    fprintf(stderr, "moe: error: unknown command '%s' (try 'moe --help')\n", cmd);
+    return 2;
 }

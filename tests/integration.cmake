@@ -1,0 +1,17 @@
+# Integration tests: the programs driven as a user would (tests/integration/*.sh).
+# Each script gets the bin dir, a scratch dir and the source dir.
+set(MOE_IT ${CMAKE_CURRENT_SOURCE_DIR}/integration)
+set(MOE_IT_SCRATCH ${CMAKE_BINARY_DIR}/it)
+
+function(moe_script_test name)
+  add_test(NAME ${name}
+    COMMAND bash ${MOE_IT}/${name}.sh ${CMAKE_BINARY_DIR}/bin ${MOE_IT_SCRATCH} ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2;MOE_CACHE_DIR=${MOE_IT_SCRATCH}/cache"
+    ${ARGN})
+endfunction()
+
+moe_script_test(it_kjv_data FIXTURES_SETUP kjv)
+moe_script_test(it_cli_errors)
+moe_script_test(it_train_kjv FIXTURES_REQUIRED kjv)
+moe_script_test(it_resume_exact FIXTURES_REQUIRED kjv)
+moe_script_test(it_checkpoint_corrupt FIXTURES_REQUIRED kjv)
