@@ -1,4 +1,5 @@
 #include "layers/attention.h"
+#include "layers/vmath.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -20,43 +21,14 @@
 **
 ** Threads: one (b, head) block per iteration; the GEMMs inside run
 ** single-threaded. Every output element is written by one iteration in a
-** fixed order, so results do not depend on the thread count. The region is
-** entered even for tiny problems: outside one, OpenBLAS would thread each
-** small GEMM itself, which costs far more than it saves.
+** fixed order, so results do not depend on the thread count or on which
+** thread ran what; that lets the schedule be dynamic, which keeps both cores
+** busy when one of them is shared with another process. The region is
+** entered even for small problems, so that no GEMM here is ever threaded by
+** OpenBLAS itself.
 */
 #define ATT_BLK 64
 
-/*
-** Exponential for the fp32 hot loops: Cephes' expf polynomial (< 1 ulp from
-** -87 to 88) in branch-free C that gcc vectorises, where glibc's expf stays a
-** scalar call (~6x slower). Inputs are clamped to [-87.34, 88] (2^n stays a
-** normal float); NaN passes through. The double build (gradient tests) uses
-** libm. The same helper is in attention.c, swiglu.c and crossentropy.c.
-*/
-#ifdef MOE_REAL_DOUBLE
-static inline real fast_exp(real x) { return exp(x); }
-#else
-static inline float fast_exp(float x)
-{
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.33654f ? -87.33654f : x;
-    float t = x * 1.44269504088896341f + 12582912.0f; // + 1.5*2^23 rounds x*log2(e) to an integer
-    float n = t - 12582912.0f;
-    uint32_t bits;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits - 0x4B400000u + 127u) << 23; // the integer sits in t's low mantissa bits: 2^n
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f; // x - n*ln2, ln2 split hi/lo
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    return (p * r * r + r + 1.0f) * two_n;
-}
-#endif
 
 // att rows [r0, r1) of one head: scaled scores in, causal softmax out
 static void causal_softmax_rows(real *att, int T, int r0, int r1)
@@ -70,7 +42,7 @@ static void causal_softmax_rows(real *att, int T, int r0, int r1)
         real sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j <= t; j++) {
-            p[j] = fast_exp(p[j] - mx);
+            p[j] = moe_vexp(p[j] - mx);
             sum += p[j];
         }
         real inv = (real)1 / sum;
@@ -86,7 +58,7 @@ void MOE_OP(attention_forward)(real *out, real *att, const real *qkv, int B, int
 {
     int C3 = (NH + 2 * NKV) * HD, CO = NH * HD, group = NH / NKV;
     real scale = (real)1 / sqrt((real)HD);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH, kv = h / group;
         const real *q = qkv + (size_t)b * T * C3 + (size_t)h * HD;
@@ -121,7 +93,7 @@ void MOE_OP(attention_backward)(real *dqkv, real *scratch, const real *dout, con
     int C3 = (NH + 2 * NKV) * HD, CO = NH * HD, group = NH / NKV;
     real scale = (real)1 / sqrt((real)HD);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH, kv = h / group;
         const real *k = qkv + (size_t)b * T * C3 + (size_t)(NH + kv) * HD;
@@ -152,7 +124,7 @@ void MOE_OP(attention_backward)(real *dqkv, real *scratch, const real *dout, con
         }
     }
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int bkv = 0; bkv < B * NKV; bkv++) {
         int b = bkv / NKV, kv = bkv % NKV;
         real *dk = dqkv + (size_t)b * T * C3 + (size_t)(NH + kv) * HD;

@@ -88,7 +88,7 @@ moe_status moe_peak_get(moe_peak *out)
             return MOE_OK;
         }
     }
-    MOE_TRY(moe_peak_measure(out, 2048, 5));
+    MOE_TRY(moe_peak_measure(out, 4096, 3));
     if (mkdir_p(path) != MOE_OK) {
         moe_error_clear(); /* an unwritable cache costs a re-measure next time, nothing more */
         return MOE_OK;

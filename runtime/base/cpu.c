@@ -31,6 +31,6 @@ void moe_cpu_pick_blas_kernels(char **argv)
     if (setenv("OPENBLAS_CORETYPE", "SkylakeX", 1) != 0)
         return;
     execv("/proc/self/exe", argv);
-    moe_warn("could not re-execute with OPENBLAS_CORETYPE=SkylakeX; BLAS runs its AVX2 kernels");
+    moe_warn("could not re-execute with OPENBLAS_CORETYPE=SkylakeX; BLAS runs its generic kernels");
     unsetenv("OPENBLAS_CORETYPE");
 }

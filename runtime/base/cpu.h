@@ -2,7 +2,8 @@
 ** cpu: processor facts and the BLAS kernel choice.
 **
 ** Debian's OpenBLAS 0.3.21 does not recognise recent AVX-512 Xeons and falls
-** back to its Haswell (AVX2) kernels, about half the sgemm speed. OpenBLAS
+** back to generic kernels (on this project's machines: Prescott, SSE3, about
+** a fifth of the sgemm speed; OPENBLAS_VERBOSE=2 shows the choice). OpenBLAS
 ** picks its kernels in a library constructor, before main() runs, from
 ** OPENBLAS_CORETYPE; so a program that wants the fast path sets it and
 ** re-executes itself once. moe_cpu_pick_blas_kernels does that when the CPU
