@@ -11,7 +11,8 @@
 */
 // param, grad, m, v are (n)
 void MOE_OP(adamw_update)(real *param, const real *grad, real *m, real *v, size_t n, real lr,
-                          real beta1, real beta2, real eps, real weight_decay, long step)
+                          real beta1, real beta2, real eps, real weight_decay, long step,
+                          real grad_scale)
 {
     real c1 = (real)(1.0 / (1.0 - pow((double)beta1, (double)step)));
     real c2 = (real)(1.0 / (1.0 - pow((double)beta2, (double)step)));
@@ -21,8 +22,9 @@ void MOE_OP(adamw_update)(real *param, const real *grad, real *m, real *v, size_
     real *restrict vv = v;
 #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) {
-        real mi = beta1 * mm[i] + ((real)1 - beta1) * g[i];
-        real vi = beta2 * vv[i] + ((real)1 - beta2) * g[i] * g[i];
+        real gi = g[i] * grad_scale;
+        real mi = beta1 * mm[i] + ((real)1 - beta1) * gi;
+        real vi = beta2 * vv[i] + ((real)1 - beta2) * gi * gi;
         mm[i] = mi;
         vv[i] = vi;
 #ifdef MOE_REAL_DOUBLE

@@ -36,17 +36,17 @@ double moe_lr_at(const moe_config *c, long it)
     return c->min_lr + 0.5 * (c->lr - c->min_lr) * (1.0 + cos(M_PI * progress));
 }
 
-double moe_clip_grad_norm(moe_model *model, double clip_grad)
+double moe_grad_norm(moe_model *model)
 {
-    float *g = moe_model_grad_data(model);
-    size_t n = moe_model_num_params(model);
-    double norm = sqrt(moe_sum_squares(g, n));
-    if (clip_grad > 0 && norm > clip_grad)
-        moe_scale(g, n, (float)(clip_grad / (norm + 1e-6)));
-    return norm;
+    return sqrt(moe_sum_squares(moe_model_grad_data(model), moe_model_num_params(model)));
 }
 
-void moe_adamw_step(moe_adamw *o, moe_model *model, double lr)
+double moe_clip_scale(double norm, double clip_grad)
+{
+    return clip_grad > 0 && norm > clip_grad ? clip_grad / (norm + 1e-6) : 1.0;
+}
+
+void moe_adamw_step(moe_adamw *o, moe_model *model, double lr, double grad_scale)
 {
     const moe_config *c = moe_model_config(model);
     int count;
@@ -57,6 +57,7 @@ void moe_adamw_step(moe_adamw *o, moe_model *model, double lr)
         size_t off = t[i].offset;
         float wd = t[i].decay ? (float)c->weight_decay : 0.0f;
         moe_adamw_update(p + off, g + off, o->m + off, o->v + off, t[i].numel, (float)lr,
-                         (float)c->adam_beta1, (float)c->adam_beta2, (float)c->adam_eps, wd, o->step);
+                         (float)c->adam_beta1, (float)c->adam_beta2, (float)c->adam_eps, wd, o->step,
+                         (float)grad_scale);
     }
 }

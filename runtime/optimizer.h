@@ -25,11 +25,14 @@ void moe_adamw_free(moe_adamw *o);
 ** lr_warmup_iters, then cosine from lr to min_lr until lr_decay_iters, then min_lr. */
 double moe_lr_at(const moe_config *c, long it);
 
-/* Global L2 norm of all gradients; clips them to clip_grad when clip_grad > 0
-** and the norm exceeds it. Returns the norm before clipping. */
-double moe_clip_grad_norm(moe_model *model, double clip_grad);
+/* Global L2 norm of all gradients (before clipping). */
+double moe_grad_norm(moe_model *model);
 
-/* One AdamW step with learning rate lr. */
-void moe_adamw_step(moe_adamw *o, moe_model *model, double lr);
+/* The factor that clips a gradient of norm `norm` to clip_grad (1 when
+** clip_grad is 0 or the norm is already below it). */
+double moe_clip_scale(double norm, double clip_grad);
+
+/* One AdamW step with learning rate lr on the gradients times grad_scale. */
+void moe_adamw_step(moe_adamw *o, moe_model *model, double lr, double grad_scale);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "layers/gemm.h"
 #include "runtime/base/cpu.h"
+#include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
 
@@ -75,34 +76,51 @@ static moe_status mkdir_p(const char *path)
     return MOE_OK;
 }
 
+static int read_cache(const char *path, moe_peak *out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fscanf(f, "{\"gflops\": %lf, \"threads\": %d, \"size\": %d", &out->gflops, &out->threads,
+                    &out->size) == 3;
+    fclose(f);
+    snprintf(out->coretype, sizeof out->coretype, "%s", moe_cpu_blas_coretype());
+    return ok && out->gflops > 0;
+}
+
+moe_status moe_peak_store(moe_peak *p)
+{
+    char path[1024], tmp[1100];
+    MOE_TRY(moe_peak_cache_path(path, sizeof path));
+    moe_peak old;
+    if (read_cache(path, &old) && old.gflops >= p->gflops) {
+        *p = old;
+        return MOE_OK;
+    }
+    MOE_TRY(mkdir_p(path));
+    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return moe_fail(MOE_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
+    fprintf(f, "{\"gflops\": %.3f, \"threads\": %d, \"size\": %d, \"coretype\": \"%s\"}\n", p->gflops,
+            p->threads, p->size, p->coretype);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return moe_fail(MOE_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    }
+    return MOE_OK;
+}
+
 moe_status moe_peak_get(moe_peak *out)
 {
     char path[1024];
     MOE_TRY(moe_peak_cache_path(path, sizeof path));
-    FILE *f = fopen(path, "r");
-    if (f) {
-        int ok = fscanf(f, "{\"gflops\": %lf, \"threads\": %d, \"size\": %d", &out->gflops, &out->threads, &out->size) == 3;
-        fclose(f);
-        if (ok && out->gflops > 0) {
-            snprintf(out->coretype, sizeof out->coretype, "%s", moe_cpu_blas_coretype());
-            return MOE_OK;
-        }
-    }
-    MOE_TRY(moe_peak_measure(out, 4096, 3));
-    if (mkdir_p(path) != MOE_OK) {
-        moe_error_clear(); /* an unwritable cache costs a re-measure next time, nothing more */
+    if (read_cache(path, out))
         return MOE_OK;
-    }
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
-    f = fopen(tmp, "w");
-    if (f) {
-        fprintf(f, "{\"gflops\": %.3f, \"threads\": %d, \"size\": %d, \"coretype\": \"%s\"}\n", out->gflops,
-                out->threads, out->size, out->coretype);
-        if (fclose(f) == 0)
-            rename(tmp, path);
-        else
-            unlink(tmp);
+    MOE_TRY(moe_peak_measure(out, 4096, 3));
+    if (moe_peak_store(out) != MOE_OK) {
+        moe_warn("%s", moe_errmsg()); /* an unwritable cache costs a re-measure next time */
+        moe_error_clear();
     }
     return MOE_OK;
 }

@@ -20,8 +20,12 @@ typedef struct {
 } moe_peak;
 
 moe_status moe_peak_measure(moe_peak *out, int size, int reps);
-/* Reads the cache; on a miss measures and writes it. */
+/* Reads the cache; on a miss measures and stores it. */
 moe_status moe_peak_get(moe_peak *out);
+/* Stores a measurement unless the cache already holds a higher one: the
+** peak is the best the machine has shown, and a busy moment must not lower
+** it (that would inflate MFU). *p becomes what the cache holds. */
+moe_status moe_peak_store(moe_peak *p);
 moe_status moe_peak_cache_path(char *buf, size_t cap);
 
 #endif

@@ -67,8 +67,8 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
     if (!isfinite(r->loss))
         return moe_fail(MOE_ERR_SYSTEM, "loss is %g at step %ld: training diverged (lower --lr?)", r->loss, r->step);
     r->lr = moe_lr_at(c, it);
-    r->grad_norm = moe_clip_grad_norm(t->model, c->clip_grad);
-    moe_adamw_step(&t->opt, t->model, r->lr);
+    r->grad_norm = moe_grad_norm(t->model);
+    moe_adamw_step(&t->opt, t->model, r->lr, moe_clip_scale(r->grad_norm, c->clip_grad));
     moe_model_update_expert_bias(t->model);
     moe_model_take_load(t->model, &r->load_imbalance, &r->dropped_frac);
     return MOE_OK;

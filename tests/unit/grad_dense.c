@@ -378,10 +378,11 @@ START_TEST(test_adamw)
     memcpy(rp, p, n * sizeof(double));
     for (long step = 1; step <= 3; step++) {
         double *g = rnd(n, 62 + step, 0.1);
-        moe_d_adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step);
+        moe_d_adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step, 0.5);
         for (size_t i = 0; i < n; i++) {
-            rm[i] = b1 * rm[i] + (1 - b1) * g[i];
-            rv[i] = b2 * rv[i] + (1 - b2) * g[i] * g[i];
+            double gs = 0.5 * g[i]; // grad_scale folds clipping into the update
+            rm[i] = b1 * rm[i] + (1 - b1) * gs;
+            rv[i] = b2 * rv[i] + (1 - b2) * gs * gs;
             double mhat = rm[i] / (1 - pow(b1, step)), vhat = rv[i] / (1 - pow(b2, step));
             rp[i] -= lr * (mhat / (sqrt(vhat) + eps) + wd * rp[i]);
         }
@@ -393,7 +394,7 @@ START_TEST(test_adamw)
 
     // weight_decay 0 leaves a zero-gradient param where it is
     double p0 = 1.5, g0 = 0, m0 = 0, v0 = 0;
-    moe_d_adamw_update(&p0, &g0, &m0, &v0, 1, lr, b1, b2, eps, 0, 1);
+    moe_d_adamw_update(&p0, &g0, &m0, &v0, 1, lr, b1, b2, eps, 0, 1, 1.0);
     ck_assert(p0 == 1.5);
     free(p); free(m); free(v); free(rp); free(rm); free(rv);
 }
