@@ -1,9 +1,12 @@
+/*
+** config.c: the key table, the setter every source goes through, defaults,
+** command-line parsing and --help. YAML is config_yaml.c, the relations
+** between keys config_check.c; config_internal.h is what they share.
+*/
 #include "runtime/base/config.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -11,9 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <yaml.h>
+
+#include "runtime/base/config_internal.h"
 
 /*
 ** The key table. Every key a user can write is one row: its name (Megatron's
@@ -22,22 +24,6 @@
 ** runs the defaults through the same setter as YAML and flags, so a default
 ** can never be something the user could not write.
 */
-
-typedef enum { T_INT, T_U64, T_DOUBLE, T_BOOL, T_STRING, T_ENUM, T_LAYER_FREQ } key_type;
-
-enum { MIN_EXCL = 1, MAX_EXCL = 2 }; /* range bounds that are open */
-
-typedef struct {
-    const char *name;
-    key_type type;
-    size_t off;
-    size_t size;                 /* T_STRING: bytes of the field, NUL included */
-    double min, max;             /* T_INT, T_DOUBLE: allowed range */
-    int excl;                    /* MIN_EXCL | MAX_EXCL */
-    const char *const *choices;  /* T_ENUM: names in value order, NULL-terminated */
-    const char *def;
-    const char *help;
-} key;
 
 #define OFF(f) offsetof(moe_config, f)
 #define FSIZE(f) sizeof(((moe_config *)0)->f)
@@ -55,7 +41,7 @@ static const char *const drop_policies[] = {"probs", "position", NULL};
 static const char *const recompute_modes[] = {"none", "selective", "full", NULL};
 static const char *const overlap_modes[] = {"none", "coarse", "fine", NULL};
 
-static const key keys[] = {
+const moe_cfg_key moe_cfg_keys[] = {
     /* model */
     INT("num-layers", num_layers, 1, MOE_MAX_LAYERS, "2", "transformer layers"),
     INT("hidden-size", hidden_size, 1, BIG, "64", "model width"),
@@ -140,7 +126,9 @@ static const key keys[] = {
         "compute threads per rank; 0 = MOE_NUM_THREADS / OMP_NUM_THREADS / cores"),
 };
 
-#define NKEYS ((int)(sizeof keys / sizeof keys[0]))
+#define NKEYS ((int)(sizeof moe_cfg_keys / sizeof moe_cfg_keys[0]))
+
+const int moe_cfg_nkeys = NKEYS;
 
 /* Help headings, each printed before the key that opens its group. */
 static const struct { const char *first, *title; } sections[] = {
@@ -150,14 +138,11 @@ static const struct { const char *first, *title; } sections[] = {
     {"run-dir", "Run"},
 };
 
-static void *field(moe_config *c, const key *k) { return (char *)c + k->off; }
-static const void *cfield(const moe_config *c, const key *k) { return (const char *)c + k->off; }
-
-static const key *find_key(const char *name)
+const moe_cfg_key *moe_cfg_find_key(const char *name)
 {
     for (int i = 0; i < NKEYS; i++)
-        if (strcmp(keys[i].name, name) == 0)
-            return &keys[i];
+        if (strcmp(moe_cfg_keys[i].name, name) == 0)
+            return &moe_cfg_keys[i];
     return NULL;
 }
 
@@ -190,7 +175,7 @@ static const char *shown(const char *v, char *buf, size_t cap)
     return buf;
 }
 
-static void range_text(const key *k, char *buf, size_t cap)
+void moe_cfg_range_text(const moe_cfg_key *k, char *buf, size_t cap)
 {
     int lo = isfinite(k->min), hi = isfinite(k->max);
     const char *ge = (k->excl & MIN_EXCL) ? ">" : ">=";
@@ -207,7 +192,7 @@ static void range_text(const key *k, char *buf, size_t cap)
         snprintf(buf, cap, "must be %s %g", le, k->max);
 }
 
-static int in_range(const key *k, double v)
+int moe_cfg_in_range(const moe_cfg_key *k, double v)
 {
     if ((k->excl & MIN_EXCL) ? !(v > k->min) : !(v >= k->min))
         return 0;
@@ -253,16 +238,16 @@ static const char *suggest_key(const char *name)
     const char *bare = fixed;
     while (*bare == '-')
         bare++;
-    if (find_key(bare))
-        return find_key(bare)->name;
+    if (moe_cfg_find_key(bare))
+        return moe_cfg_find_key(bare)->name;
 
     const char *best = NULL;
     int best_d = INT_MAX;
     for (int i = 0; i < NKEYS; i++) {
-        int d = edit_distance(bare, keys[i].name);
+        int d = edit_distance(bare, moe_cfg_keys[i].name);
         if (d < best_d) {
             best_d = d;
-            best = keys[i].name;
+            best = moe_cfg_keys[i].name;
         }
     }
     int limit = (int)strlen(bare) / 3;
@@ -271,13 +256,13 @@ static const char *suggest_key(const char *name)
     return best_d <= limit ? best : NULL;
 }
 
-static moe_status unknown_key(const char *name, const char *origin, const char *dash)
+moe_status moe_cfg_unknown_key(const char *name, const char *origin, const char *dash)
 {
     const char *what = *dash ? "flag" : "key";
     /* --no-<name>: the suggestion is for <name>, and only a boolean has a no- form */
     int neg = *dash && strncmp(name, "no-", 3) == 0;
     const char *s = suggest_key(neg ? name + 3 : name);
-    if (neg && s && find_key(s)->type != T_BOOL)
+    if (neg && s && moe_cfg_find_key(s)->type != T_BOOL)
         s = NULL;
     char buf[96];
     name = shown(name, buf, sizeof buf);
@@ -382,12 +367,8 @@ static int lf_expr(lf_parser *P, int *out, int *n)
     }
 }
 
-/*
-** Parses a canonical (whitespace-free) moe-layer-freq. On success returns 1
-** and either *every > 0 (the integer form) or *every = 0 and pattern[0..*len).
-** On failure returns 0 with *err set.
-*/
-static int lf_parse(const char *s, long *every, int *pattern, int *len, const char **err)
+/* The integer form, or a list or pattern expression (contract in config_internal.h). */
+int moe_cfg_lf_parse(const char *s, long *every, int *pattern, int *len, const char **err)
 {
     *every = 0;
     *len = 0;
@@ -416,7 +397,7 @@ static int lf_parse(const char *s, long *every, int *pattern, int *len, const ch
     return 1;
 }
 
-static moe_status set_layer_freq(moe_config *c, const key *k, const char *value, const char *origin,
+static moe_status set_layer_freq(moe_config *c, const moe_cfg_key *k, const char *value, const char *origin,
                                  const char *dash)
 {
     char canon[sizeof c->moe_layer_freq];
@@ -438,7 +419,7 @@ static moe_status set_layer_freq(moe_config *c, const key *k, const char *value,
     long every;
     int pattern[MOE_MAX_LAYERS], len;
     const char *err = NULL;
-    if (!lf_parse(canon, &every, pattern, &len, &err))
+    if (!moe_cfg_lf_parse(canon, &every, pattern, &len, &err))
         return key_error(origin, dash, k->name, "\"%s\" is not a layer pattern: %s", shown(value, buf, sizeof buf),
                          err);
     memset(c->moe_layer_freq, 0, sizeof c->moe_layer_freq);
@@ -482,12 +463,12 @@ static int parse_ll(const char *s, long long *out)
     return 1;
 }
 
-static moe_status set_number(moe_config *c, const key *k, const char *value, const char *origin,
+static moe_status set_number(moe_config *c, const moe_cfg_key *k, const char *value, const char *origin,
                              const char *dash)
 {
     char buf[96], rng[96];
     const char *v = shown(value, buf, sizeof buf);
-    range_text(k, rng, sizeof rng);
+    moe_cfg_range_text(k, rng, sizeof rng);
 
     if (k->type == T_U64) {
         if (!isdigit((unsigned char)value[0]))
@@ -499,7 +480,7 @@ static moe_status set_number(moe_config *c, const key *k, const char *value, con
             return key_error(origin, dash, k->name, "\"%s\" is not a non-negative integer", v);
         if (errno == ERANGE) /* unsigned long long is 64 bits on every target we build for */
             return key_error(origin, dash, k->name, "%s is out of range (must be < 2^64)", v);
-        *(uint64_t *)field(c, k) = (uint64_t)x;
+        *(uint64_t *)moe_cfg_field(c, k) = (uint64_t)x;
         return MOE_OK;
     }
 
@@ -508,9 +489,9 @@ static moe_status set_number(moe_config *c, const key *k, const char *value, con
         int r = parse_ll(value, &x);
         if (r == 0)
             return key_error(origin, dash, k->name, "\"%s\" is not an integer", v);
-        if (r < 0 || !in_range(k, (double)x))
+        if (r < 0 || !moe_cfg_in_range(k, (double)x))
             return key_error(origin, dash, k->name, "%s is out of range (%s)", v, rng);
-        *(int *)field(c, k) = (int)x;
+        *(int *)moe_cfg_field(c, k) = (int)x;
         return MOE_OK;
     }
 
@@ -524,13 +505,14 @@ static moe_status set_number(moe_config *c, const key *k, const char *value, con
         return key_error(origin, dash, k->name, "\"%s\" is not a number", v);
     if (isnan(x) || (isinf(x) && errno != ERANGE))
         return key_error(origin, dash, k->name, "\"%s\" is not a finite number", v);
-    if (isinf(x) || !in_range(k, x))
+    if (isinf(x) || !moe_cfg_in_range(k, x))
         return key_error(origin, dash, k->name, "%s is out of range (%s)", v, rng);
-    *(double *)field(c, k) = x; /* an underflow to a subnormal or 0 is in range: keep it */
+    *(double *)moe_cfg_field(c, k) = x; /* an underflow to a subnormal or 0 is in range: keep it */
     return MOE_OK;
 }
 
-static moe_status set_key(moe_config *c, const key *k, const char *value, const char *origin, const char *dash)
+moe_status moe_cfg_set_key(moe_config *c, const moe_cfg_key *k, const char *value, const char *origin,
+                           const char *dash)
 {
     char buf[96];
     const char *v = shown(value, buf, sizeof buf);
@@ -543,14 +525,14 @@ static moe_status set_key(moe_config *c, const key *k, const char *value, const 
     case T_DOUBLE:
         return set_number(c, k, value, origin, dash);
     case T_BOOL:
-        if (!parse_bool(value, (int *)field(c, k)))
+        if (!parse_bool(value, (int *)moe_cfg_field(c, k)))
             return key_error(origin, dash, k->name, "\"%s\" is not a boolean (true/false, yes/no, 1/0)", v);
         return MOE_OK;
     case T_ENUM: {
         char list[128] = "";
         for (int i = 0; k->choices[i]; i++) {
             if (strcmp(value, k->choices[i]) == 0) {
-                *(int *)field(c, k) = i;
+                *(int *)moe_cfg_field(c, k) = i;
                 return MOE_OK;
             }
             size_t n = strlen(list);
@@ -562,8 +544,8 @@ static moe_status set_key(moe_config *c, const key *k, const char *value, const 
         size_t n = strlen(value);
         if (n >= k->size)
             return key_error(origin, dash, k->name, "value is too long (%zu bytes; at most %zu)", n, k->size - 1);
-        memset(field(c, k), 0, k->size); /* no stale tail: configs compare bytewise */
-        memcpy(field(c, k), value, n);
+        memset(moe_cfg_field(c, k), 0, k->size); /* no stale tail: configs compare bytewise */
+        memcpy(moe_cfg_field(c, k), value, n);
         return MOE_OK;
     }
     case T_LAYER_FREQ:
@@ -583,10 +565,10 @@ moe_status moe_config_set(moe_config *c, const char *key_name, const char *value
     if (!origin)
         origin = "config";
     const char *dash = dash_for(origin);
-    const key *k = find_key(key_name);
+    const moe_cfg_key *k = moe_cfg_find_key(key_name);
     if (!k)
-        return unknown_key(key_name, origin, dash);
-    MOE_TRY(set_key(c, k, value ? value : "", origin, dash));
+        return moe_cfg_unknown_key(key_name, origin, dash);
+    MOE_TRY(moe_cfg_set_key(c, k, value ? value : "", origin, dash));
     return MOE_OK;
 }
 
@@ -596,216 +578,7 @@ void moe_config_defaults(moe_config *c)
     /* The table's defaults are tested to parse; a failure here is a bug in
     ** the table and is left recorded for moe_errmsg(). */
     for (int i = 0; i < NKEYS; i++)
-        (void)set_key(c, &keys[i], keys[i].def, "built-in default", "");
-}
-
-/* ---- YAML -------------------------------------------------------------- */
-
-typedef struct {
-    yaml_parser_t parser;
-    FILE *file;
-    const char *path;
-    int seen_line[NKEYS]; /* line a key was set on, 0 = not yet (duplicates) */
-} yaml_reader;
-
-static size_t line_of(yaml_mark_t m) { return m.line + 1; }
-
-static moe_status yaml_problem(yaml_reader *r)
-{
-    yaml_parser_t *p = &r->parser;
-    if (p->error == YAML_MEMORY_ERROR)
-        return moe_fail(MOE_ERR_NOMEM, "%s: out of memory while parsing YAML", r->path);
-    if (p->error == YAML_READER_ERROR && ferror(r->file)) /* errno says more than "input error" */
-        return moe_fail(MOE_ERR_USAGE, "cannot read config file %s: %s", r->path, strerror(errno));
-    if (p->error == YAML_READER_ERROR)
-        return moe_fail(MOE_ERR_USAGE, "%s: malformed YAML: %s (at byte %zu)", r->path,
-                        p->problem ? p->problem : "unreadable input", p->problem_offset);
-    if (p->context)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu:%zu: malformed YAML: %s (%s, at %zu:%zu)", r->path,
-                        line_of(p->problem_mark), p->problem_mark.column + 1,
-                        p->problem ? p->problem : "syntax error", p->context, line_of(p->context_mark),
-                        p->context_mark.column + 1);
-    return moe_fail(MOE_ERR_USAGE, "%s:%zu:%zu: malformed YAML: %s", r->path, line_of(p->problem_mark),
-                    p->problem_mark.column + 1, p->problem ? p->problem : "syntax error");
-}
-
-static moe_status next_event(yaml_reader *r, yaml_event_t *ev)
-{
-    if (!yaml_parser_parse(&r->parser, ev))
-        return yaml_problem(r);
-    return MOE_OK;
-}
-
-/* A plain ~, null or empty scalar is YAML's null: the key has no value. */
-static const char *scalar_text(const yaml_event_t *ev)
-{
-    const char *s = (const char *)ev->data.scalar.value;
-    if (ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-        (strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0))
-        return "";
-    return s;
-}
-
-static moe_status yaml_error_at(yaml_reader *r, yaml_mark_t m, const char *what, const char *name)
-{
-    if (name)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: %s", r->path, line_of(m), name, what);
-    return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s", r->path, line_of(m), what);
-}
-
-/* Joins a sequence of scalars into "[a,b,c]" (moe-layer-freq only). */
-static moe_status read_sequence(yaml_reader *r, const key *k, char *out, size_t cap)
-{
-    size_t n = 0;
-    out[n++] = '[';
-    for (int first = 1;; first = 0) {
-        yaml_event_t ev;
-        MOE_TRY(next_event(r, &ev));
-        if (ev.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&ev);
-            break;
-        }
-        if (ev.type != YAML_SCALAR_EVENT) {
-            yaml_mark_t m = ev.start_mark;
-            yaml_event_delete(&ev);
-            return yaml_error_at(r, m, "list entries must be 0 or 1", k->name);
-        }
-        const char *s = (const char *)ev.data.scalar.value;
-        size_t len = strlen(s);
-        if (n + len + 3 > cap) {
-            yaml_mark_t m = ev.start_mark;
-            yaml_event_delete(&ev);
-            return yaml_error_at(r, m, "list is too long; write a long pattern like ([0]+[1]*15)", k->name);
-        }
-        if (!first)
-            out[n++] = ',';
-        memcpy(out + n, s, len);
-        n += len;
-        yaml_event_delete(&ev);
-    }
-    out[n++] = ']';
-    out[n] = '\0';
-    return MOE_OK;
-}
-
-/* One `key: value` pair whose key event has been read. */
-static moe_status read_pair(yaml_reader *r, moe_config *c, const yaml_event_t *kev)
-{
-    const char *name = (const char *)kev->data.scalar.value;
-    char origin[MOE_PATH_MAX + 32];
-    snprintf(origin, sizeof origin, "%s:%zu", r->path, line_of(kev->start_mark));
-    const key *k = find_key(name);
-    if (!k)
-        return unknown_key(name, origin, "");
-    int idx = (int)(k - keys);
-    if (r->seen_line[idx])
-        return moe_fail(MOE_ERR_USAGE, "%s: duplicate key \"%s\" (first set on line %d)", origin, name,
-                        r->seen_line[idx]);
-    r->seen_line[idx] = (int)line_of(kev->start_mark);
-
-    yaml_event_t ev;
-    MOE_TRY(next_event(r, &ev));
-    snprintf(origin, sizeof origin, "%s:%zu", r->path, line_of(ev.start_mark));
-    moe_status st = MOE_OK;
-    if (ev.type == YAML_SCALAR_EVENT) {
-        st = set_key(c, k, scalar_text(&ev), origin, "");
-    } else if (ev.type == YAML_SEQUENCE_START_EVENT && k->type == T_LAYER_FREQ) {
-        char joined[sizeof c->moe_layer_freq];
-        st = read_sequence(r, k, joined, sizeof joined);
-        if (st == MOE_OK)
-            st = set_key(c, k, joined, origin, "");
-    } else if (ev.type == YAML_SEQUENCE_START_EVENT) {
-        st = yaml_error_at(r, ev.start_mark, "a list is allowed only for moe-layer-freq", k->name);
-    } else if (ev.type == YAML_ALIAS_EVENT) {
-        st = yaml_error_at(r, ev.start_mark, "YAML aliases are not supported", k->name);
-    } else {
-        st = yaml_error_at(r, ev.start_mark, "value must be a single value, not a mapping", k->name);
-    }
-    yaml_event_delete(&ev);
-    return st;
-}
-
-static moe_status read_mapping(yaml_reader *r, moe_config *c)
-{
-    for (;;) {
-        yaml_event_t ev;
-        MOE_TRY(next_event(r, &ev));
-        if (ev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&ev);
-            return MOE_OK;
-        }
-        moe_status st;
-        if (ev.type == YAML_SCALAR_EVENT)
-            st = read_pair(r, c, &ev);
-        else
-            st = yaml_error_at(r, ev.start_mark, "keys must be plain names like num-layers", NULL);
-        yaml_event_delete(&ev);
-        MOE_TRY(st);
-    }
-}
-
-/* stream: [document: mapping | empty] */
-static moe_status read_stream(yaml_reader *r, moe_config *c)
-{
-    yaml_event_t ev;
-    MOE_TRY(next_event(r, &ev)); /* STREAM_START */
-    yaml_event_delete(&ev);
-    MOE_TRY(next_event(r, &ev));
-    if (ev.type == YAML_STREAM_END_EVENT) { /* empty file, or comments only */
-        yaml_event_delete(&ev);
-        return MOE_OK;
-    }
-    yaml_event_delete(&ev); /* DOCUMENT_START */
-
-    MOE_TRY(next_event(r, &ev));
-    moe_status st = MOE_OK;
-    if (ev.type == YAML_MAPPING_START_EVENT)
-        st = read_mapping(r, c);
-    else if (!(ev.type == YAML_SCALAR_EVENT && scalar_text(&ev)[0] == '\0'))
-        st = yaml_error_at(r, ev.start_mark, "the top level must be a mapping of key: value lines", NULL);
-    yaml_event_delete(&ev);
-    MOE_TRY(st);
-
-    MOE_TRY(next_event(r, &ev)); /* DOCUMENT_END */
-    yaml_event_delete(&ev);
-    MOE_TRY(next_event(r, &ev));
-    yaml_event_type_t t = ev.type;
-    yaml_mark_t m = ev.start_mark;
-    yaml_event_delete(&ev);
-    if (t != YAML_STREAM_END_EVENT)
-        return yaml_error_at(r, m, "only one YAML document is allowed", NULL);
-    return MOE_OK;
-}
-
-moe_status moe_config_load_yaml(moe_config *c, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return moe_fail(MOE_ERR_USAGE, "cannot open config file %s: %s", path, strerror(errno));
-    struct stat sb;
-    int e = fstat(fileno(f), &sb) != 0 ? errno : S_ISDIR(sb.st_mode) ? EISDIR : 0;
-    if (e) {
-        fclose(f);
-        return moe_fail(MOE_ERR_USAGE, "cannot read config file %s: %s", path, strerror(e));
-    }
-    yaml_reader *r = calloc(1, sizeof *r);
-    if (!r) {
-        fclose(f);
-        return moe_fail(MOE_ERR_NOMEM, "out of memory reading %s", path);
-    }
-    r->path = path;
-    r->file = f;
-    if (!yaml_parser_initialize(&r->parser)) {
-        free(r);
-        fclose(f);
-        return moe_fail(MOE_ERR_NOMEM, "cannot initialise the YAML parser for %s", path);
-    }
-    yaml_parser_set_input_file(&r->parser, f);
-    moe_status st = read_stream(r, c);
-    yaml_parser_delete(&r->parser);
-    free(r);
-    fclose(f);
-    return st;
+        (void)moe_cfg_set_key(c, &moe_cfg_keys[i], moe_cfg_keys[i].def, "built-in default", "");
 }
 
 /* ---- command line ------------------------------------------------------ */
@@ -813,8 +586,8 @@ moe_status moe_config_load_yaml(moe_config *c, const char *path)
 static int takes_value(const char *name, size_t len)
 {
     for (int i = 0; i < NKEYS; i++)
-        if (strlen(keys[i].name) == len && strncmp(keys[i].name, name, len) == 0)
-            return keys[i].type != T_BOOL;
+        if (strlen(moe_cfg_keys[i].name) == len && strncmp(moe_cfg_keys[i].name, name, len) == 0)
+            return moe_cfg_keys[i].type != T_BOOL;
     return 1; /* unknown: assume it has a value, the second pass complains */
 }
 
@@ -853,15 +626,15 @@ static moe_status find_config_flag(int argc, char **argv, int first, const char 
 /* `--no-<name>`: false for a boolean key. */
 static moe_status set_negated(moe_config *c, const char *name, const char *eq)
 {
-    const key *k = find_key(name + 3);
+    const moe_cfg_key *k = moe_cfg_find_key(name + 3);
     if (!k || k->type != T_BOOL) {
         if (k)
             return moe_fail(MOE_ERR_USAGE, "command line: --%s: only boolean flags have a --no- form", name);
-        return unknown_key(name, "command line", "--");
+        return moe_cfg_unknown_key(name, "command line", "--");
     }
     if (eq)
         return moe_fail(MOE_ERR_USAGE, "command line: --%s takes no value", name);
-    return set_key(c, k, "false", "command line", "--");
+    return moe_cfg_set_key(c, k, "false", "command line", "--");
 }
 
 moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first)
@@ -883,7 +656,7 @@ moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first
         size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
         if (len >= sizeof name) {
             char buf[96];
-            return unknown_key(shown(a + 2, buf, sizeof buf), "command line", "--");
+            return moe_cfg_unknown_key(shown(a + 2, buf, sizeof buf), "command line", "--");
         }
         memcpy(name, a + 2, len);
         name[len] = '\0';
@@ -893,13 +666,13 @@ moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first
                 i++;
             continue;
         }
-        const key *k = find_key(name);
+        const moe_cfg_key *k = moe_cfg_find_key(name);
         if (!k && strncmp(name, "no-", 3) == 0) {
             MOE_TRY(set_negated(c, name, eq));
             continue;
         }
         if (!k)
-            return unknown_key(name, "command line", "--");
+            return moe_cfg_unknown_key(name, "command line", "--");
 
         const char *value;
         if (eq)
@@ -910,285 +683,14 @@ moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first
             value = argv[++i];
         else
             return moe_fail(MOE_ERR_USAGE, "command line: --%s needs a value", name);
-        MOE_TRY(set_key(c, k, value, "command line", "--"));
+        MOE_TRY(moe_cfg_set_key(c, k, value, "command line", "--"));
     }
-    return MOE_OK;
-}
-
-/* ---- validation -------------------------------------------------------- */
-
-#define REQUIRE(cond, ...)                                  \
-    do {                                                    \
-        if (!(cond))                                        \
-            return moe_fail(MOE_ERR_USAGE, __VA_ARGS__);    \
-    } while (0)
-
-/* The per-key checks again, for configs filled in by code rather than text. */
-static moe_status check_fields(const moe_config *c)
-{
-    for (int i = 0; i < NKEYS; i++) {
-        const key *k = &keys[i];
-        char rng[96];
-        const void *p = cfield(c, k);
-        switch (k->type) {
-        case T_INT:
-            range_text(k, rng, sizeof rng);
-            REQUIRE(in_range(k, *(const int *)p), "%s: %d is out of range (%s)", k->name, *(const int *)p, rng);
-            break;
-        case T_DOUBLE:
-            range_text(k, rng, sizeof rng);
-            REQUIRE(isfinite(*(const double *)p) && in_range(k, *(const double *)p),
-                    "%s: %g is out of range (%s)", k->name, *(const double *)p, rng);
-            break;
-        case T_BOOL:
-            REQUIRE(*(const int *)p == 0 || *(const int *)p == 1, "%s: %d is not a boolean (0 or 1)", k->name,
-                    *(const int *)p);
-            break;
-        case T_ENUM: {
-            int n = 0;
-            while (k->choices[n])
-                n++;
-            REQUIRE(*(const int *)p >= 0 && *(const int *)p < n, "%s: %d is not a valid choice", k->name,
-                    *(const int *)p);
-            break;
-        }
-        case T_STRING:
-        case T_LAYER_FREQ:
-            REQUIRE(memchr(p, '\0', k->size) != NULL, "%s: value is not NUL-terminated", k->name);
-            break;
-        case T_U64:
-            break;
-        }
-    }
-    return MOE_OK;
-}
-
-static moe_status resolve_layer_freq(moe_config *c)
-{
-    long every;
-    int pattern[MOE_MAX_LAYERS], len;
-    const char *err = NULL;
-    if (!lf_parse(c->moe_layer_freq, &every, pattern, &len, &err))
-        return moe_fail(MOE_ERR_USAGE, "moe-layer-freq: \"%s\" is not a layer pattern: %s", c->moe_layer_freq, err);
-    if (every == 0)
-        REQUIRE(len == c->num_layers, "moe-layer-freq lists %d layers but num-layers is %d (%s)", len,
-                c->num_layers, c->moe_layer_freq);
-    memset(c->moe_layer_is_moe, 0, sizeof c->moe_layer_is_moe);
-    for (int l = 0; l < c->num_layers; l++)
-        c->moe_layer_is_moe[l] = every ? (l % every == 0) : pattern[l];
-    return MOE_OK;
-}
-
-static moe_status check_model(moe_config *c)
-{
-    int H = c->hidden_size, NH = c->num_attention_heads;
-    REQUIRE(H % NH == 0, "num-attention-heads (%d) must divide hidden-size (%d)", NH, H);
-    if (c->num_query_groups == 0)
-        c->num_query_groups = NH;
-    REQUIRE(NH % c->num_query_groups == 0, "num-query-groups (%d) must divide num-attention-heads (%d)",
-            c->num_query_groups, NH);
-    REQUIRE((H / NH) % 2 == 0, "hidden-size / num-attention-heads (%d / %d = %d) must be even for rotary embeddings",
-            H, NH, H / NH);
-    REQUIRE(c->moe_router_topk <= c->num_experts, "moe-router-topk (%d) must be <= num-experts (%d)",
-            c->moe_router_topk, c->num_experts);
-    REQUIRE(!c->moe_pad_expert_input_to_capacity || c->moe_expert_capacity_factor > 0,
-            "moe-pad-expert-input-to-capacity needs moe-expert-capacity-factor > 0 (it is %g, dropless)",
-            c->moe_expert_capacity_factor);
-    MOE_TRY(resolve_layer_freq(c));
-    return MOE_OK;
-}
-
-static moe_status check_parallel(const moe_config *c)
-{
-    long long tp = c->tensor_model_parallel_size, pp = c->pipeline_model_parallel_size;
-    long long cp = c->context_parallel_size, ep = c->expert_model_parallel_size;
-    long long etp = c->expert_tensor_parallel_size, n = c->nproc;
-
-    long long mp = tp * cp * pp;
-    REQUIRE(n % mp == 0,
-            "nproc (%lld) must be a multiple of tensor-model-parallel-size x context-parallel-size x "
-            "pipeline-model-parallel-size (%lld x %lld x %lld = %lld)",
-            n, tp, cp, pp, mp);
-    long long emp = etp * ep * pp;
-    REQUIRE(n % emp == 0,
-            "nproc (%lld) must be a multiple of expert-tensor-parallel-size x expert-model-parallel-size x "
-            "pipeline-model-parallel-size (%lld x %lld x %lld = %lld)",
-            n, etp, ep, pp, emp);
-    REQUIRE(c->num_experts % ep == 0, "expert-model-parallel-size (%lld) must divide num-experts (%d)", ep,
-            c->num_experts);
-    REQUIRE(c->num_attention_heads % tp == 0,
-            "tensor-model-parallel-size (%lld) must divide num-attention-heads (%d)", tp, c->num_attention_heads);
-    REQUIRE(c->num_query_groups % tp == 0, "tensor-model-parallel-size (%lld) must divide num-query-groups (%d)",
-            tp, c->num_query_groups);
-    REQUIRE(c->ffn_hidden_size % tp == 0, "tensor-model-parallel-size (%lld) must divide ffn-hidden-size (%d)", tp,
-            c->ffn_hidden_size);
-    REQUIRE(c->moe_shared_expert_intermediate_size % tp == 0,
-            "tensor-model-parallel-size (%lld) must divide moe-shared-expert-intermediate-size (%d)", tp,
-            c->moe_shared_expert_intermediate_size);
-    REQUIRE(c->moe_ffn_hidden_size % etp == 0,
-            "expert-tensor-parallel-size (%lld) must divide moe-ffn-hidden-size (%d)", etp, c->moe_ffn_hidden_size);
-    REQUIRE(c->num_layers % pp == 0, "pipeline-model-parallel-size (%lld) must divide num-layers (%d)", pp,
-            c->num_layers);
-    REQUIRE(cp == 1 || c->seq_length % (2 * cp) == 0,
-            "seq-length (%d) must be a multiple of 2 x context-parallel-size (%lld) for load-balanced "
-            "context parallelism",
-            c->seq_length, 2 * cp);
-    REQUIRE(!c->sequence_parallel || c->seq_length % (tp * cp) == 0,
-            "with sequence-parallel, seq-length (%d) must be a multiple of tensor-model-parallel-size x "
-            "context-parallel-size (%lld)",
-            c->seq_length, tp * cp);
-
-    long long dp = n / mp, per_step = (long long)c->micro_batch_size * dp;
-    REQUIRE(c->global_batch_size % per_step == 0,
-            "global-batch-size (%d) must be a multiple of micro-batch-size x data-parallel size "
-            "(%d x %lld = %lld; data-parallel size = nproc / (tp x cp x pp))",
-            c->global_batch_size, c->micro_batch_size, dp, per_step);
-    return MOE_OK;
-}
-
-static moe_status check_training(moe_config *c)
-{
-    REQUIRE(c->min_lr <= c->lr, "min-lr (%g) must be <= lr (%g)", c->min_lr, c->lr);
-    if (c->lr_decay_iters == 0)
-        c->lr_decay_iters = c->train_iters;
-    REQUIRE(c->eval_interval == 0 || c->eval_iters >= 1,
-            "eval-iters (%d) must be >= 1 when eval-interval (%d) is set", c->eval_iters, c->eval_interval);
-    return MOE_OK;
-}
-
-moe_status moe_config_validate(moe_config *c)
-{
-    MOE_TRY(check_fields(c));
-    MOE_TRY(check_model(c));
-    MOE_TRY(check_parallel(c));
-    MOE_TRY(check_training(c));
-    return MOE_OK;
-}
-
-/* ---- writing ----------------------------------------------------------- */
-
-/* YAML double-quoted: escapes for the quote, the backslash and controls. */
-static void write_quoted(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\t': fputs("\\t", f); break;
-        case '\r': fputs("\\r", f); break;
-        default:
-            if (*p < 0x20 || *p == 0x7f)
-                fprintf(f, "\\x%02x", *p);
-            else
-                fputc(*p, f);
-        }
-    }
-    fputc('"', f);
-}
-
-/* The shortest %.Ng that reads back to the same double (17 always does);
-** whole numbers without an exponent, so rotary-base reads 10000, not 1e+04. */
-static void format_double(char *buf, size_t cap, double x)
-{
-    if (x == floor(x) && fabs(x) < 1e15) {
-        snprintf(buf, cap, "%.0f", x);
-        return;
-    }
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, cap, "%.*g", prec, x);
-        if (strtod(buf, NULL) == x)
-            return;
-    }
-}
-
-static void write_value(FILE *f, const moe_config *c, const key *k)
-{
-    const void *p = cfield(c, k);
-    char num[40];
-    switch (k->type) {
-    case T_INT: fprintf(f, "%d", *(const int *)p); break;
-    case T_U64: fprintf(f, "%" PRIu64, *(const uint64_t *)p); break;
-    case T_DOUBLE:
-        format_double(num, sizeof num, *(const double *)p);
-        fputs(num, f);
-        break;
-    case T_BOOL: fputs(*(const int *)p ? "true" : "false", f); break;
-    case T_ENUM: {
-        int v = *(const int *)p, n = 0;
-        while (k->choices[n])
-            n++;
-        fputs(v >= 0 && v < n ? k->choices[v] : "?", f);
-        break;
-    }
-    case T_STRING: write_quoted(f, (const char *)p); break;
-    case T_LAYER_FREQ: write_quoted(f, (const char *)p); break;
-    }
-}
-
-moe_status moe_config_write_yaml(const moe_config *c, FILE *f)
-{
-    for (int i = 0; i < NKEYS; i++) {
-        fprintf(f, "%s: ", keys[i].name);
-        write_value(f, c, &keys[i]);
-        fputc('\n', f);
-    }
-    if (ferror(f))
-        return moe_fail(MOE_ERR_IO, "writing the configuration failed: %s", strerror(errno));
-    return MOE_OK;
-}
-
-/* The directory's entry for a rename is durable only once the directory is
-** synced. Some filesystems refuse fsync on a directory; that is not an error. */
-static moe_status sync_parent_dir(const char *path)
-{
-    char dir[MOE_PATH_MAX + 16];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return moe_fail(MOE_ERR_IO, "cannot open directory %s: %s", dir, strerror(errno));
-    int rc = fsync(fd), e = errno;
-    close(fd);
-    if (rc != 0 && e != EINVAL && e != ENOTSUP)
-        return moe_fail(MOE_ERR_IO, "cannot sync directory %s: %s", dir, strerror(e));
-    return MOE_OK;
-}
-
-moe_status moe_config_save(const moe_config *c, const char *path)
-{
-    char tmp[MOE_PATH_MAX + 32];
-    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return moe_fail(MOE_ERR_USAGE, "config path is too long: %s", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return moe_fail(MOE_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    moe_status st = moe_config_write_yaml(c, f);
-    if (st == MOE_OK && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-        st = moe_fail(MOE_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    if (fclose(f) != 0 && st == MOE_OK)
-        st = moe_fail(MOE_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    if (st == MOE_OK && rename(tmp, path) != 0)
-        st = moe_fail(MOE_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (st != MOE_OK) {
-        unlink(tmp);
-        return st;
-    }
-    MOE_TRY(sync_parent_dir(path));
     return MOE_OK;
 }
 
 /* ---- help -------------------------------------------------------------- */
 
-static void flag_text(const key *k, char *buf, size_t cap)
+static void flag_text(const moe_cfg_key *k, char *buf, size_t cap)
 {
     switch (k->type) {
     case T_INT:
@@ -1213,7 +715,7 @@ void moe_config_print_help(FILE *f)
     fprintf(f, "Configuration (a YAML file holds the same keys without the dashes; flags override it):\n");
     fprintf(f, "  %-44s %s\n", "--config FILE.yaml", "load these keys first, wherever the flag stands");
     for (int i = 0; i < NKEYS; i++) {
-        const key *k = &keys[i];
+        const moe_cfg_key *k = &moe_cfg_keys[i];
         for (size_t s = 0; s < sizeof sections / sizeof sections[0]; s++)
             if (strcmp(sections[s].first, k->name) == 0)
                 fprintf(f, "\n%s:\n", sections[s].title);
