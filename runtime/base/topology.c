@@ -370,3 +370,15 @@ int moe_layout_group_of(const moe_layout *l, moe_group_kind k, int rank, int *me
         members[r] = base + compose(r, m.nm, m.msize, m.mstride);
     return index;
 }
+
+moe_status moe_layout_check_build(const moe_layout *l)
+{
+    if (l->tp > 1 || l->cp > 1 || l->pp > 1)
+        return moe_fail(MOE_ERR_USAGE,
+                        "tensor (%d), context (%d) and pipeline (%d) parallel sizes other than 1 are not supported "
+                        "by this build: use expert and data parallelism",
+                        l->tp, l->cp, l->pp);
+    if (l->etp > 1)
+        return moe_fail(MOE_ERR_USAGE, "expert-tensor-parallel-size %d: this build runs ETP = 1", l->etp);
+    return MOE_OK;
+}
