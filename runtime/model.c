@@ -44,6 +44,8 @@ static void build_table(moe_model *m)
     m->nparams = 0;
     add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0);
     for (int l = 0; l < m->L; l++) {
+        if (m->layer_first)
+            m->layer_first[l] = m->ntable;
 #define P(suffix, nd, shape, decay, expert)                                    \
     snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                          \
     add_param(m, n, nd, shape, decay, expert)
@@ -53,8 +55,8 @@ static void build_table(moe_model *m)
         P("ffn_norm.weight", 1, SHAPE(m->C), 0, 0);
         if (m->cfg.moe_layer_is_moe[l]) {
             P("moe.router.weight", 2, SHAPE(m->E, m->C), 1, 0);
-            P("moe.experts.w13", 3, SHAPE(m->E, 2 * m->F, m->C), 1, 1);
-            P("moe.experts.w2", 3, SHAPE(m->E, m->C, m->F), 1, 1);
+            P("moe.experts.w13", 3, SHAPE(m->E_local, 2 * m->F, m->C), 1, 1);
+            P("moe.experts.w2", 3, SHAPE(m->E_local, m->C, m->F), 1, 1);
             if (m->Fs) {
                 P("moe.shared.w13", 2, SHAPE(2 * m->Fs, m->C), 1, 0);
                 P("moe.shared.w2", 2, SHAPE(m->C, m->Fs), 1, 0);
@@ -64,6 +66,8 @@ static void build_table(moe_model *m)
             P("mlp.w2", 2, SHAPE(m->C, m->Fd), 1, 0);
         }
 #undef P
+        if (m->layer_count)
+            m->layer_count[l] = m->ntable - m->layer_first[l];
     }
     add_param(m, "final_norm.weight", 1, SHAPE(m->C), 0, 0);
     if (m->cfg.untie_embeddings_and_output_weights)
@@ -134,9 +138,11 @@ static moe_status carve_acts(moe_model *m, moe_arena *a)
             I32(s->row_token, R);
             I32(s->row_slot, R);
             F32(s->xs, R * C);
-            F32(s->h13, R * 2 * m->F);
-            F32(s->act, R * m->F);
             F32(s->ys, R * C);
+            if (!m->par.ep) { /* with EP the expert side lives in moe_ep_layer */
+                F32(s->h13, R * 2 * m->F);
+                F32(s->act, R * m->F);
+            }
             if (m->Fs) {
                 F32(s->sh13, N * 2 * m->Fs);
                 F32(s->sact, N * m->Fs);
@@ -171,8 +177,11 @@ static moe_status carve_acts(moe_model *m, moe_arena *a)
     F32(m->dtopk_w, N * K);
     F32(m->dxs, R * C);
     F32(m->dys, R * C);
-    F32(m->dh13, R * 2 * m->F);
-    F32(m->dact, R * m->F);
+    I32(m->topk_slot, N * K);
+    if (!m->par.ep) {
+        F32(m->dh13, R * 2 * m->F);
+        F32(m->dact, R * m->F);
+    }
     F32(m->dsh13, N * 2 * Fmax);
     F32(m->dsact, N * Fmax);
     F32(m->ffn_out, N * C);
@@ -196,11 +205,23 @@ static moe_status check_supported(const moe_config *c)
 
 moe_status moe_model_create(moe_model **out, const moe_config *cfg, int max_batch)
 {
+    return moe_model_create_parallel(out, cfg, max_batch, NULL);
+}
+
+moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int max_batch,
+                                     const moe_model_par *par)
+{
     MOE_TRY(check_supported(cfg));
     moe_model *m = NULL;
     moe_status st = MOE_OK;
     MOE_TRY(moe_alloc((void **)&m, sizeof *m, "model"));
     m->cfg = *cfg;
+    if (par)
+        m->par = *par;
+    if (m->par.ep && moe_comm_size(m->par.ep) == 1)
+        m->par.ep = NULL;
+    if (m->par.ep && (!m->par.map || m->par.map->E != cfg->num_experts))
+        MOE_TRY_GOTO(moe_fail(MOE_ERR_INTERNAL, "expert parallelism without a matching expert map"), st, fail);
     MOE_TRY_GOTO(moe_config_validate(&m->cfg), st, fail);
     const moe_config *c = &m->cfg;
     m->L = c->num_layers;
@@ -217,6 +238,7 @@ moe_status moe_model_create(moe_model **out, const moe_config *cfg, int max_batc
     m->Fd = c->ffn_hidden_size;
     m->T = c->seq_length;
     m->maxB = max_batch;
+    m->E_local = m->par.ep ? m->par.map->E_local : m->E;
 
     size_t pairs = (size_t)max_batch * m->T * m->K;
     size_t rows = pairs;
@@ -233,6 +255,11 @@ moe_status moe_model_create(moe_model **out, const moe_config *cfg, int max_batc
     for (int l = 0; l < m->L; l++)
         m->moe_index[l] = c->moe_layer_is_moe[l] ? m->n_moe++ : -1;
 
+    MOE_TRY_GOTO(moe_alloc((void **)&m->layer_first, sizeof(int) * m->L, "layer table"), st, fail);
+    MOE_TRY_GOTO(moe_alloc((void **)&m->layer_count, sizeof(int) * m->L, "layer table"), st, fail);
+    if (m->par.ep)
+        MOE_TRY_GOTO(moe_alloc((void **)&m->ep_layers, sizeof *m->ep_layers * (size_t)m->n_moe, "ep layers"),
+                     st, fail);
     build_table(m); /* counting pass */
     int count = m->ntable;
     MOE_TRY_GOTO(moe_alloc((void **)&m->table, sizeof *m->table * (size_t)count, "parameter table"), st, fail);
@@ -266,6 +293,11 @@ void moe_model_free(moe_model *m)
     if (!m)
         return;
     moe_arena_free(&m->arena);
+    for (int i = 0; m->ep_layers && i < m->n_moe; i++)
+        moe_ep_layer_free(&m->ep_layers[i]);
+    moe_free(m->ep_layers);
+    moe_free(m->layer_first);
+    moe_free(m->layer_count);
     moe_free(m->acts);
     moe_free(m->expert_bias);
     moe_free(m->load_counts);
@@ -284,10 +316,25 @@ static int is_output_projection(const char *name)
     return strstr(name, "attn.out.") || (dot && strcmp(dot, ".w2") == 0);
 }
 
-void moe_model_init(moe_model *m, uint64_t seed)
+/* FNV-1a: a stable name -> stream id, so streams do not depend on table order. */
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void fill_normal(float *w, size_t n, uint64_t stream, double std)
 {
     moe_rng rng;
-    moe_rng_seed(&rng, seed);
+    moe_rng_seed(&rng, stream);
+    for (size_t j = 0; j < n; j++)
+        w[j] = (float)(std * moe_rng_normal(&rng));
+}
+
+void moe_model_init(moe_model *m, uint64_t seed)
+{
     double std = m->cfg.init_method_std;
     double out_std = std / sqrt(2.0 * m->L); /* GPT-2 / Megatron scaled init of residual outputs */
     for (int i = 0; i < m->ntable; i++) {
@@ -299,8 +346,16 @@ void moe_model_init(moe_model *m, uint64_t seed)
             continue;
         }
         double s = is_output_projection(p->name) ? out_std : std;
-        for (size_t j = 0; j < p->numel; j++)
-            w[j] = (float)(s * moe_rng_normal(&rng));
+        uint64_t stream = seed ^ name_hash(p->name);
+        if (!p->is_expert) {
+            fill_normal(w, p->numel, stream, s);
+            continue;
+        }
+        size_t per = p->numel / (size_t)p->shape[0];
+        for (int l = 0; l < (int)p->shape[0]; l++) {
+            int e = m->par.ep ? m->par.map->local_experts[l] : l;
+            fill_normal(w + (size_t)l * per, per, stream + 0x9e3779b97f4a7c15ULL * (uint64_t)(e + 1), s);
+        }
     }
     memset(m->expert_bias, 0, sizeof(float) * (size_t)m->n_moe * m->E);
     memset(m->load_counts, 0, sizeof(double) * (size_t)m->n_moe * m->E);

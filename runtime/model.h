@@ -42,6 +42,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
+#include "parallel/ep.h"
 #include "runtime/base/config.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/status.h"
@@ -68,13 +70,33 @@ typedef struct {
 
 typedef struct moe_model moe_model;
 
+/*
+** How this rank's model is cut and whom it talks to (borrowed, not owned).
+** ep: the token all-to-all group, with map saying which experts are local
+** (expert tensors then hold E_local experts, in map->local_experts order).
+** dp_cp / edp: where non-expert / expert gradients are summed. Any may be
+** NULL (or of size 1): that dimension is 1.
+*/
+typedef struct {
+    moe_comm *ep;
+    const moe_expert_map *map;
+    moe_comm *dp_cp;
+    moe_comm *edp;
+} moe_model_par;
+
 /* Validates dims, builds the table, allocates params, grads and activations
 ** for micro-batches of up to max_batch sequences of cfg->seq_length tokens. */
 moe_status moe_model_create(moe_model **out, const moe_config *cfg, int max_batch);
+/* The same for one rank of a parallel layout (par may be NULL: one rank). */
+moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int max_batch,
+                                     const moe_model_par *par);
 void moe_model_free(moe_model *m);
 
 /* Deterministic initialisation from seed: N(0, std) matrices, output
-** projections N(0, std / sqrt(2 * layers)), norms 1, expert bias 0. */
+** projections N(0, std / sqrt(2 * layers)), norms 1, expert bias 0. Each
+** tensor (and each expert of an expert tensor) draws from its own stream,
+** seeded by the seed and its name, so a rank holding a subset of the experts
+** gets exactly the values the single-rank model has for them. */
 void moe_model_init(moe_model *m, uint64_t seed);
 
 /* Forward over B <= max_batch sequences; targets may be NULL (then no loss).
@@ -85,11 +107,23 @@ moe_status moe_model_forward(moe_model *m, const int32_t *inputs, const int32_t 
 ** scales (see above). */
 moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale);
 
+/* With sync on, the next backward starts summing each layer's gradients over
+** the data-parallel groups (dp_cp for non-expert, edp for expert tensors) as
+** soon as that layer's backward is done, overlapping the rest of backward.
+** moe_model_finish_grad_sync waits for all of it. Use it on the last
+** micro-batch of a step. Without parallel groups both are no-ops. */
+void moe_model_set_grad_sync(moe_model *m, int on);
+moe_status moe_model_finish_grad_sync(moe_model *m);
+
 void moe_model_zero_grad(moe_model *m);
 
 /* After an optimizer step: moves the expert bias toward balance using the
 ** token counts seen since the last call, then clears the counts. */
 void moe_model_update_expert_bias(moe_model *m);
+
+/* Sums the routing counts since the last take_load over a group (the ranks
+** whose tokens share one balance: tp x dp x cp). */
+moe_status moe_model_reduce_load(moe_model *m, moe_comm *group);
 
 /* Routing counts since the last moe_model_take_load: max/mean tokens per
 ** expert, averaged over MoE layers (1.0 = perfectly balanced), and the

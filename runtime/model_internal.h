@@ -15,6 +15,9 @@ typedef struct {
     float *mlp_w13, *mlp_w2;                /* dense layer */
 } moe_layer_ptrs;
 
+/* Launches the gradient sum of table entries [first, first+count). */
+moe_status moe_model_sync_tensors(moe_model *m, int first, int count);
+
 /* Activations one layer saves for backward (N = B*T tokens). */
 typedef struct {
     float *x_in;       /* (N, C) residual stream entering the layer */
@@ -36,8 +39,19 @@ typedef struct {
     float *mh13, *mact;              /* (N, 2Fd), (N, Fd) */
 } moe_layer_acts;
 
+#define MOE_MAX_SYNC_REQS 1024
+
 struct moe_model {
     moe_config cfg;
+    moe_model_par par;  /* ep NULL when all experts are local */
+    int E_local;        /* experts whose weights this rank holds */
+    moe_ep_layer *ep_layers; /* per MoE layer, with ep */
+    int32_t *topk_slot; /* (N, K) router choices in slot order (see parallel/ep.h) */
+    int *layer_first, *layer_count; /* table entries of each layer */
+
+    int sync_on;        /* sum gradients over dp groups during the next backward */
+    moe_request *sync_reqs[MOE_MAX_SYNC_REQS];
+    int nsync;
     int L, C, NH, NKV, HD, QKV, V, E, K, F, Fs, Fd, T, maxB;
     int capacity_rows; /* R_max of one micro-batch */
     int n_moe;         /* MoE layers */

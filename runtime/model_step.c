@@ -86,14 +86,25 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
                                                 (moe_score_fn)c->moe_router_score_function);
     st->z_loss += moe_router_z_loss_forward(s->logits, N, E);
 
+    /* plan in slot order: rows come out grouped by the rank that owns their expert */
+    const int32_t *plan_idx = s->topk_idx;
+    if (m->par.ep) {
+        for (int i = 0; i < N * K; i++)
+            m->topk_slot[i] = moe_expert_slot(m->par.map, s->topk_idx[i]);
+        plan_idx = m->topk_slot;
+    }
     s->rows = moe_route_plan(s->kept, s->offsets, s->slot_row, s->row_token, s->row_slot,
-                             s->topk_idx, s->topk_w, N, E, K, capacity_of(m, N),
+                             plan_idx, s->topk_w, N, E, K, capacity_of(m, N),
                              (moe_drop_policy)c->moe_token_drop_policy,
                              c->moe_pad_expert_input_to_capacity);
     if (s->rows < 0)
         return moe_fail(MOE_ERR_INTERNAL, "layer %d: route plan refused the router's output", l);
     moe_permute_forward(s->xs, s->h2, s->row_token, s->rows, C);
-    moe_experts_forward(s->ys, s->h13, s->act, s->xs, p->w13, p->w2, s->offsets, E, C, m->F);
+    if (m->par.ep)
+        MOE_TRY(moe_ep_forward(&m->ep_layers[li], m->par.ep, m->par.map, s->xs, s->offsets, s->rows, C,
+                               m->F, p->w13, p->w2, s->ys));
+    else
+        moe_experts_forward(s->ys, s->h13, s->act, s->xs, p->w13, p->w2, s->offsets, E, C, m->F);
     moe_unpermute_forward(m->ffn_out, s->ys, s->topk_w, s->slot_row, N, K, C);
     if (m->Fs) {
         moe_linear_forward(s->sh13, s->h2, p->sw13, N, C, 2 * m->Fs);
@@ -114,7 +125,7 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
 }
 
 /* dres = d(layer output); accumulates d(h2) into m->dh. */
-static void moe_backward(moe_model *m, int l, int N, float aux_scale)
+static moe_status moe_backward(moe_model *m, int l, int N, float aux_scale)
 {
     moe_layer_acts *s = &m->acts[l];
     const moe_layer_ptrs *p = &m->lp[l];
@@ -124,8 +135,12 @@ static void moe_backward(moe_model *m, int l, int N, float aux_scale)
     moe_score_fn fn = (moe_score_fn)c->moe_router_score_function;
 
     moe_unpermute_backward(m->dys, m->dtopk_w, m->dres, s->ys, s->topk_w, s->slot_row, N, K, C, s->rows);
-    moe_experts_backward(m->dxs, g->w13, g->w2, m->dh13, m->dact, m->dys, s->xs, s->h13, s->act,
-                         p->w13, p->w2, s->offsets, E, C, m->F);
+    if (m->par.ep)
+        MOE_TRY(moe_ep_backward(&m->ep_layers[m->moe_index[l]], m->par.ep, m->par.map, m->dys, s->rows, C,
+                                m->F, p->w13, p->w2, g->w13, g->w2, m->dxs));
+    else
+        moe_experts_backward(m->dxs, g->w13, g->w2, m->dh13, m->dact, m->dys, s->xs, s->h13, s->act,
+                             p->w13, p->w2, s->offsets, E, C, m->F);
     moe_permute_backward(m->dh, m->dxs, s->slot_row, N, K, C);
 
     zero(m->drouter, (size_t)N * E);
@@ -144,6 +159,7 @@ static void moe_backward(moe_model *m, int l, int N, float aux_scale)
         moe_swiglu_backward(m->dsh13, m->dsact, s->sh13, N, m->Fs);
         moe_linear_backward(m->dh, g->sw13, m->dsh13, s->h2, p->sw13, N, C, 2 * m->Fs);
     }
+    return MOE_OK;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -186,15 +202,16 @@ static moe_status ffn_forward(moe_model *m, int l, int N, float *out, moe_fwd_st
 }
 
 /* dres holds d(out) on entry and d(x_mid) on return. */
-static void ffn_backward(moe_model *m, int l, int N, float aux_scale)
+static moe_status ffn_backward(moe_model *m, int l, int N, float aux_scale)
 {
     moe_layer_acts *s = &m->acts[l];
     zero(m->dh, (size_t)N * m->C);
     if (m->cfg.moe_layer_is_moe[l])
-        moe_backward(m, l, N, aux_scale);
+        MOE_TRY(moe_backward(m, l, N, aux_scale));
     else
         mlp_backward(m, l, N);
     moe_rmsnorm_backward(m->dres, m->lg[l].ffn_norm, m->dh, s->x_mid, m->lp[l].ffn_norm, s->rstd2, N, m->C);
+    return MOE_OK;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -240,10 +257,17 @@ moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale)
     moe_linear_backward(m->dlm, m->d_lm_head, m->dlogits, m->hf, m->lm_head, N, m->C, m->V);
     zero(m->dres, (size_t)N * m->C);
     moe_rmsnorm_backward(m->dres, m->d_final_norm, m->dlm, m->x_final, m->final_norm, m->rstdf, N, m->C);
+    int tail = m->cfg.untie_embeddings_and_output_weights ? 2 : 1; /* final norm [, lm head] */
+    if (m->sync_on)
+        MOE_TRY(moe_model_sync_tensors(m, m->ntable - tail, tail));
     for (int l = m->L - 1; l >= 0; l--) {
-        ffn_backward(m, l, N, aux_scale);
+        MOE_TRY(ffn_backward(m, l, N, aux_scale));
         attn_backward(m, l, N);
+        if (m->sync_on)
+            MOE_TRY(moe_model_sync_tensors(m, m->layer_first[l], m->layer_count[l]));
     }
     moe_embedding_backward(m->d_wte, m->dres, m->tokens, N, m->C);
+    if (m->sync_on)
+        MOE_TRY(moe_model_sync_tensors(m, 0, 1));
     return MOE_OK;
 }

@@ -1,0 +1,92 @@
+/*
+** ep: expert parallelism, the all-to-all token dispatcher.
+**
+** The E global experts are spread over the ep group by a table (moe_expert_map,
+** contiguous by default, replaceable by a placement plan): expert e lives on
+** rank expert_rank[e] as its local expert expert_local[e]. The router and the
+** route plan work in "slot" order, slot(e) = expert_rank[e] * E_local +
+** expert_local[e], so a rank's expert-sorted rows are already grouped by the
+** rank they go to, and within it by that rank's local expert.
+**
+** Forward, per MoE layer and micro-batch:
+**   counts:   kept[slot] rows per slot -> all-to-all of E_local counts per peer
+**   dispatch: all-to-all(v) of the rows; they arrive ordered (source, expert)
+**   regroup:  to (expert, source) so each local expert's rows are contiguous
+**   experts:  grouped SwiGLU GEMMs over the local experts
+**   combine:  regroup back to (source, expert), all-to-all(v) home; the rows
+**             land in the caller's slot order, ready for unpermute
+** Backward mirrors it: the row gradients travel out like the tokens did, the
+** expert backward runs, the input gradients travel home.
+**
+** A rank may send or receive zero rows from any peer, or in total; every path
+** handles it. Buffers on the expert side grow to the largest step seen.
+*/
+#ifndef MOE_EP_H
+#define MOE_EP_H
+
+#include <stdint.h>
+
+#include "comm/comm.h"
+
+typedef struct {
+    int E, E_local, ep_size, ep_rank;
+    int *expert_rank;   /* [E] */
+    int *expert_local;  /* [E] */
+    int *local_experts; /* [E_local] global expert ids of this rank, in local order */
+} moe_expert_map;
+
+/* Experts [r*E/ep, (r+1)*E/ep) on rank r. E % ep_size must be 0. */
+moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int ep_rank);
+void moe_expert_map_free(moe_expert_map *m);
+static inline int moe_expert_slot(const moe_expert_map *m, int e)
+{
+    return m->expert_rank[e] * m->E_local + m->expert_local[e];
+}
+
+/* One MoE layer's dispatch state: what forward leaves for backward. */
+typedef struct {
+    size_t *send_rows, *recv_rows;     /* [ep] rows to / from each peer */
+    int32_t *send_counts, *recv_counts; /* [ep * E_local] rows per (peer, local expert) */
+    int32_t *offsets;                  /* [E_local + 1] local expert segments of xe */
+    size_t *sc, *sd, *rc, *rd;         /* [ep] element counts/displacements, send and receive */
+    size_t recv_total, cap_rows;
+    float *xr;   /* (recv, C) rows as received, (source, expert) order */
+    float *xe;   /* (recv, C) regrouped, (expert, source) order */
+    float *h13;  /* (recv, 2F) */
+    float *act;  /* (recv, F) */
+    float *ye;   /* (recv, C) expert outputs, then scratch */
+    float *dh13, *dact; /* backward scratch */
+} moe_ep_layer;
+
+void moe_ep_layer_free(moe_ep_layer *s);
+
+/*
+** xs (R, C): this rank's rows in slot order; slot_offsets[E+1] delimit each
+** slot's rows (padding rows included where the plan padded). ys (R, C) receives the expert outputs
+** of the same rows. w13 (E_local, 2F, C), w2 (E_local, C, F): this rank's experts.
+*/
+moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                          const float *xs, const int32_t *slot_offsets, int R, int C, int F,
+                          const float *w13, const float *w2, float *ys);
+
+/*
+** The two halves of the exchange, for callers that put their own work in
+** between (benchmarks, the overlap engine). dispatch: counts + all-to-all(v)
+** of rows in slot order, regrouped into s->xe (expert order, s->offsets).
+** combine: rows of `expert_rows` (expert order) travel home into out (R, C),
+** slot order. Forward is dispatch(xs), experts, combine(ye); backward reuses
+** the forward's counts (moe_ep_dispatch_again).
+*/
+moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                           const float *xs, const int32_t *slot_offsets, int C, int F);
+moe_status moe_ep_dispatch_again(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                                 const float *rows, int C, float *expert_order_out);
+moe_status moe_ep_combine(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                          const float *expert_rows, int C, float *out);
+
+/* dys (R, C) -> dxs (R, C) written; dw13, dw2 accumulated. */
+moe_status moe_ep_backward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                           const float *dys, int R, int C, int F, const float *w13,
+                           const float *w2, float *dw13, float *dw2, float *dxs);
+
+#endif

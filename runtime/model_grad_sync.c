@@ -1,0 +1,65 @@
+/*
+** model_grad_sync: data-parallel gradient sums, launched layer by layer while
+** backward still runs. Non-expert tensors are summed over dp_cp, expert
+** tensors over edp (their replicas: the ranks holding the same experts).
+** Adjacent tensors of the same kind go as one non-blocking all-reduce: the
+** flat gradient buffer keeps a layer's tensors next to each other, so a layer
+** costs at most three messages. Gradients are summed, not averaged: the loss
+** is already scaled by the global batch (see model.h).
+*/
+#include "runtime/model_internal.h"
+
+static moe_comm *group_for(const moe_model *m, int is_expert)
+{
+    moe_comm *c = is_expert ? m->par.edp : m->par.dp_cp;
+    return c && moe_comm_size(c) > 1 ? c : NULL;
+}
+
+moe_status moe_model_sync_tensors(moe_model *m, int first, int count)
+{
+    int i = first, end = first + count;
+    while (i < end) {
+        int kind = m->table[i].is_expert, j = i;
+        /* run of same-kind tensors; the gaps between them are zero padding */
+        while (j + 1 < end && m->table[j + 1].is_expert == kind)
+            j++;
+        moe_comm *c = group_for(m, kind);
+        if (c) {
+            if (m->nsync == MOE_MAX_SYNC_REQS)
+                return moe_fail(MOE_ERR_INTERNAL, "too many gradient reductions in flight");
+            size_t off = m->table[i].offset;
+            size_t n = m->table[j].offset + m->table[j].numel - off;
+            MOE_TRY(moe_iallreduce(c, m->grads + off, n, MOE_DT_F32, MOE_OP_SUM, &m->sync_reqs[m->nsync]));
+            m->nsync++;
+        }
+        i = j + 1;
+    }
+    return MOE_OK;
+}
+
+void moe_model_set_grad_sync(moe_model *m, int on) { m->sync_on = on; }
+
+moe_status moe_model_finish_grad_sync(moe_model *m)
+{
+    moe_status st = MOE_OK;
+    for (int i = 0; i < m->nsync; i++) {
+        moe_status s = moe_wait(&m->sync_reqs[i]);
+        if (s != MOE_OK && st == MOE_OK)
+            st = s;
+    }
+    m->nsync = 0;
+    m->sync_on = 0;
+    if (st != MOE_OK)
+        moe_trace_frame(__FILE__, __LINE__);
+    return st;
+}
+
+moe_status moe_model_reduce_load(moe_model *m, moe_comm *group)
+{
+    MOE_TRY(moe_allreduce(group, m->load_counts, (size_t)m->n_moe * m->E, MOE_DT_F64, MOE_OP_SUM));
+    double d[2] = {m->load_dropped, m->load_pairs};
+    MOE_TRY(moe_allreduce(group, d, 2, MOE_DT_F64, MOE_OP_SUM));
+    m->load_dropped = d[0];
+    m->load_pairs = d[1];
+    return MOE_OK;
+}
