@@ -3,24 +3,82 @@
 #include <math.h>
 #include <string.h>
 
+#include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 
 struct moe_trainer {
     moe_config cfg;
+    moe_trainer_par par;
     moe_model *model;
-    moe_adamw opt;
+    moe_adamw opt;     /* with the distributed optimizer: the step counter only */
+    moe_distopt *dopt; /* NULL unless the distributed optimizer runs */
 };
 
 moe_status moe_trainer_create(moe_trainer **out, const moe_config *cfg)
+{
+    return moe_trainer_create_parallel(out, cfg, NULL);
+}
+
+/* A group of size 1 is no group: callers test for NULL only. */
+static moe_comm *real_group(moe_comm *c) { return c && moe_comm_size(c) > 1 ? c : NULL; }
+
+static int is_root(const moe_trainer *t) { return !t->par.world || moe_comm_rank(t->par.world) == 0; }
+
+/* AdamW state sharded over dp_cp (non-expert) and edp (expert tensors);
+** opt keeps only the step counter. */
+static moe_status distopt_init(moe_trainer *t)
+{
+    int count;
+    const moe_param_info *p = moe_model_params(t->model, &count);
+    moe_distopt_tensor *dt = NULL;
+    MOE_TRY(moe_alloc((void **)&dt, sizeof *dt * (size_t)count, "distributed optimizer table"));
+    for (int i = 0; i < count; i++)
+        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert};
+    size_t n = moe_model_num_params(t->model);
+    moe_status st = moe_distopt_create(&t->dopt, dt, count, n, t->par.dp_cp, t->par.edp, t->par.ep, 0);
+    moe_free(dt);
+    MOE_TRY(st);
+    t->opt = (moe_adamw){.n = n};
+    if (is_root(t)) {
+        double mib = 1.0 / (1 << 20) * sizeof(float);
+        double full = (double)moe_distopt_full_state_floats(t->dopt) * mib;
+        double mine = (double)moe_distopt_state_floats(t->dopt) * mib;
+        moe_info("distributed optimizer: AdamW state %.2f MiB per rank instead of %.2f MiB (saves %.2f MiB; "
+                 "DP %d, EDP %d), plus %.2f MiB of gradient shards and staging",
+                 mine, full, full - mine, t->par.dp_cp ? moe_comm_size(t->par.dp_cp) : 1,
+                 t->par.edp ? moe_comm_size(t->par.edp) : 1, (double)moe_distopt_work_floats(t->dopt) * mib);
+    }
+    return MOE_OK;
+}
+
+moe_status moe_trainer_create_parallel(moe_trainer **out, const moe_config *cfg, const moe_trainer_par *par)
 {
     moe_trainer *t = NULL;
     moe_status st = MOE_OK;
     MOE_TRY(moe_alloc((void **)&t, sizeof *t, "trainer"));
     t->cfg = *cfg;
+    t->par.dp_size = 1;
+    if (par) {
+        t->par = *par;
+        t->par.dp_cp = real_group(par->dp_cp);
+        t->par.ep = real_group(par->ep);
+        t->par.edp = real_group(par->edp);
+        t->par.tp_dp_cp = real_group(par->tp_dp_cp);
+    }
     MOE_TRY_GOTO(moe_config_validate(&t->cfg), st, fail);
-    MOE_TRY_GOTO(moe_model_create(&t->model, &t->cfg, t->cfg.micro_batch_size), st, fail);
+    if (t->cfg.global_batch_size % (t->cfg.micro_batch_size * t->par.dp_size) != 0)
+        MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "global-batch-size (%d) must be divisible by micro-batch-size x data-parallel size (%d x %d)",
+                              t->cfg.global_batch_size, t->cfg.micro_batch_size, t->par.dp_size), st, fail);
+    moe_model_par mp = {t->par.ep, t->par.map, t->par.dp_cp, t->par.edp};
+    MOE_TRY_GOTO(moe_model_create_parallel(&t->model, &t->cfg, t->cfg.micro_batch_size, &mp), st, fail);
     moe_model_init(t->model, t->cfg.seed);
-    MOE_TRY_GOTO(moe_adamw_init(&t->opt, moe_model_num_params(t->model)), st, fail);
+    if (t->cfg.use_distributed_optimizer && (t->par.dp_cp || t->par.edp))
+        MOE_TRY_GOTO(distopt_init(t), st, fail);
+    else {
+        if (t->cfg.use_distributed_optimizer && is_root(t))
+            moe_info("use-distributed-optimizer has no effect: data-parallel and expert-data-parallel sizes are 1");
+        MOE_TRY_GOTO(moe_adamw_init(&t->opt, moe_model_num_params(t->model)), st, fail);
+    }
     *out = t;
     return MOE_OK;
 fail:
@@ -33,42 +91,71 @@ void moe_trainer_free(moe_trainer *t)
     if (!t)
         return;
     moe_adamw_free(&t->opt);
+    moe_distopt_free(t->dopt);
     moe_model_free(t->model);
     moe_free(t);
 }
 
 moe_model *moe_trainer_model(moe_trainer *t) { return t->model; }
+const moe_trainer_par *moe_trainer_parallel(const moe_trainer *t) { return &t->par; }
 moe_adamw *moe_trainer_optimizer(moe_trainer *t) { return &t->opt; }
+moe_distopt *moe_trainer_distopt(moe_trainer *t) { return t->dopt; }
+
+/* Clipped AdamW step: the data-parallel sums already done (model sync), or
+** done here as reduce-scatters (distributed optimizer). */
+static moe_status optimizer_step(moe_trainer *t, double lr, double *grad_norm)
+{
+    const moe_config *c = &t->cfg;
+    if (!t->dopt) {
+        MOE_TRY(moe_grad_norm_parallel(t->model, t->par.ep, grad_norm));
+        moe_adamw_step(&t->opt, t->model, lr, moe_clip_scale(*grad_norm, c->clip_grad));
+        return MOE_OK;
+    }
+    MOE_TRY(moe_distopt_reduce_grads(t->dopt, moe_model_grad_data(t->model)));
+    MOE_TRY(moe_distopt_grad_norm(t->dopt, grad_norm));
+    /* the same float arguments as moe_adamw_step */
+    moe_distopt_hparams h = {(float)lr, (float)c->adam_beta1, (float)c->adam_beta2, (float)c->adam_eps,
+                             (float)c->weight_decay, (float)moe_clip_scale(*grad_norm, c->clip_grad),
+                             ++t->opt.step};
+    return moe_distopt_step(t->dopt, moe_model_param_data(t->model), &h);
+}
 
 moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t *targets, long it,
                             moe_train_metrics *r)
 {
     const moe_config *c = &t->cfg;
     int mb = c->micro_batch_size, T = c->seq_length;
-    int micro = c->global_batch_size / mb;
+    int micro_global = c->global_batch_size / mb;
+    int micro = micro_global / t->par.dp_size;
     double tokens = (double)c->global_batch_size * T;
-    double lm = 0, aux = 0, z = 0;
+    double sums[3] = {0, 0, 0}; /* lm, aux, z */
 
     moe_model_zero_grad(t->model);
     for (int i = 0; i < micro; i++) {
         size_t off = (size_t)i * mb * T;
         moe_fwd_stats st;
         MOE_TRY(moe_model_forward(t->model, inputs + off, targets + off, mb, &st));
-        MOE_TRY(moe_model_backward(t->model, (float)(1.0 / tokens), (float)(1.0 / micro)));
-        lm += st.lm_loss_sum;
-        aux += st.aux_loss;
-        z += st.z_loss;
+        /* the distributed optimizer sums gradients itself, by reduce-scatter */
+        moe_model_set_grad_sync(t->model, !t->dopt && i == micro - 1);
+        MOE_TRY(moe_model_backward(t->model, (float)(1.0 / tokens), (float)(1.0 / micro_global)));
+        sums[0] += st.lm_loss_sum;
+        sums[1] += st.aux_loss;
+        sums[2] += st.z_loss;
     }
+    MOE_TRY(moe_model_finish_grad_sync(t->model));
+    if (t->par.dp_cp)
+        MOE_TRY(moe_allreduce(t->par.dp_cp, sums, 3, MOE_DT_F64, MOE_OP_SUM));
     memset(r, 0, sizeof *r);
     r->step = it + 1;
-    r->loss = lm / tokens;
-    r->aux_loss = aux / micro;
-    r->z_loss = z / micro;
+    r->loss = sums[0] / tokens;
+    r->aux_loss = sums[1] / micro_global;
+    r->z_loss = sums[2] / micro_global;
     if (!isfinite(r->loss))
         return moe_fail(MOE_ERR_SYSTEM, "loss is %g at step %ld: training diverged (lower --lr?)", r->loss, r->step);
     r->lr = moe_lr_at(c, it);
-    r->grad_norm = moe_grad_norm(t->model);
-    moe_adamw_step(&t->opt, t->model, r->lr, moe_clip_scale(r->grad_norm, c->clip_grad));
+    MOE_TRY(optimizer_step(t, r->lr, &r->grad_norm));
+    if (t->par.tp_dp_cp)
+        MOE_TRY(moe_model_reduce_load(t->model, t->par.tp_dp_cp));
     moe_model_update_expert_bias(t->model);
     moe_model_take_load(t->model, &r->load_imbalance, &r->dropped_frac);
     return MOE_OK;
@@ -78,15 +165,17 @@ moe_status moe_trainer_eval(moe_trainer *t, const int32_t *inputs, const int32_t
                             double *loss)
 {
     int mb = t->cfg.micro_batch_size, T = t->cfg.seq_length;
-    double sum = 0;
+    double sum[2] = {0, (double)count * T};
     for (int s = 0; s < count; s += mb) {
         int b = count - s < mb ? count - s : mb;
         moe_fwd_stats st;
         MOE_TRY(moe_model_forward(t->model, inputs + (size_t)s * T, targets + (size_t)s * T, b, &st));
-        sum += st.lm_loss_sum;
+        sum[0] += st.lm_loss_sum;
     }
     double im, dr;
     moe_model_take_load(t->model, &im, &dr); /* evaluation routing is not training load */
-    *loss = sum / ((double)count * T);
+    if (t->par.dp_cp)
+        MOE_TRY(moe_allreduce(t->par.dp_cp, sum, 2, MOE_DT_F64, MOE_OP_SUM));
+    *loss = sum[0] / sum[1];
     return MOE_OK;
 }

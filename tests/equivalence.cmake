@@ -1,0 +1,27 @@
+# Parallel layouts against the single-rank run (tests/mpi/equivalence.c).
+moe_mpi_test(mpi_equiv_dp2 2 mpi_equivalence --ep 1)
+moe_mpi_test(mpi_equiv_ep2 2 mpi_equivalence --ep 2)
+moe_mpi_test(mpi_equiv_ep4 4 mpi_equivalence --ep 4)
+moe_mpi_test(mpi_equiv_ep2_dp2 4 mpi_equivalence --ep 2)
+moe_mpi_test(mpi_equiv_ep4_8experts 4 mpi_equivalence --ep 4 --experts 8)
+moe_mpi_test(mpi_equiv_ep2_starved 2 mpi_equivalence --ep 2 --starve)
+moe_mpi_test(mpi_equiv_ep2_capacity 2 mpi_equivalence --ep 2 --capacity 0.6)
+# The same with the distributed optimizer (AdamW state sharded over DP / EDP).
+moe_mpi_test(mpi_equiv_dp2_distopt 2 mpi_equivalence --ep 1 --distopt)
+moe_mpi_test(mpi_equiv_ep2_distopt 2 mpi_equivalence --ep 2 --distopt)
+moe_mpi_test(mpi_equiv_ep2_dp2_distopt 4 mpi_equivalence --ep 2 --distopt)
+# parallel/distopt.h against a reference, and checkpoints across the flag
+# (tests/mpi/distopt.c), on 1 to 4 ranks ("ranks;ep").
+foreach(cfg "1;1" "2;1" "2;2" "3;1" "4;2")
+  list(GET cfg 0 np)
+  list(GET cfg 1 ep)
+  moe_mpi_test(mpi_distopt_np${np}_ep${ep} ${np} mpi_distopt --ep ${ep})
+endforeach()
+# Open MPI's own allocations show up as leaks under ASan: leak checking is off
+# for these runs (address and UB checking stay on), as in comm.cmake.
+foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_ep4_8experts
+          mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_dp2_distopt mpi_equiv_ep2_distopt
+          mpi_equiv_ep2_dp2_distopt mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
+          mpi_distopt_np3_ep1 mpi_distopt_np4_ep2)
+  set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")
+endforeach()
