@@ -9,6 +9,7 @@
 #include "launch/data_prepare.h"
 #include "launch/inspect.h"
 #include "launch/local.h"
+#include "launch/plan.h"
 
 static void usage(FILE *f)
 {
@@ -19,24 +20,43 @@ static void usage(FILE *f)
             "  train             train a model locally (moe train --help)\n"
             "  data prepare      turn text into token shards (moe data prepare --help)\n"
             "  inspect           validate and show a checkpoint (moe inspect checkpoint DIR)\n"
-            "  bench             benchmarks: gemm, train (moe bench --help)\n"
+            "  plan topology     the parallel groups of a layout (moe plan topology --help)\n"
+            "  bench             benchmarks: gemm, train, a2a (moe bench --help)\n"
             "\n"
             "Exit status: 0 success, 2 bad usage or input, 1 failure while running.\n");
 }
 
-/* `moe bench ...` runs moe-bench from the same directory. */
+/* `moe bench ...` runs moe-bench from the same directory; `moe bench a2a`
+** runs it under mpirun with --nproc ranks (default 4). */
 static int run_bench(int argc, char **argv)
 {
-    char dir[PATH_MAX], bench[PATH_MAX + 16];
+    char dir[PATH_MAX], bench[PATH_MAX + 16], np[16] = "4";
     moe_self_dir(dir, sizeof dir);
     snprintf(bench, sizeof bench, "%s/moe-bench", dir);
-    char *args[argc + 2];
-    args[0] = bench;
-    for (int i = 0; i < argc; i++)
-        args[i + 1] = argv[i];
-    args[argc + 1] = NULL;
-    execv(bench, args);
-    fprintf(stderr, "moe bench: error: cannot run %s: %s\n", bench, strerror(errno));
+    char *args[argc + 16];
+    int n = 0;
+    if (argc > 0 && strcmp(argv[0], "a2a") == 0) {
+        args[n++] = "mpirun";
+        args[n++] = "-np";
+        args[n++] = np;
+        args[n++] = "--oversubscribe";
+        args[n++] = "--mca";
+        args[n++] = "mpi_yield_when_idle";
+        args[n++] = "1";
+        if (geteuid() == 0)
+            args[n++] = "--allow-run-as-root";
+    }
+    args[n++] = bench;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--nproc") == 0 && i + 1 < argc && args[0] != bench) {
+            snprintf(np, sizeof np, "%s", argv[++i]);
+            continue;
+        }
+        args[n++] = argv[i];
+    }
+    args[n] = NULL;
+    execvp(args[0], args);
+    fprintf(stderr, "moe bench: error: cannot run %s: %s\n", args[0], strerror(errno));
     return 1;
 }
 
@@ -57,6 +77,8 @@ int moe_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "inspect") == 0)
         return moe_inspect_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "plan") == 0)
+        return moe_plan_main(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)
         return run_bench(argc - 2, argv + 2);
     fprintf(stderr, "moe: error: unknown command '%s' (try 'moe --help')\n", cmd);

@@ -10,14 +10,9 @@
 #include <unistd.h>
 
 #include "runtime/base/config.h"
+#include "runtime/base/topology.h"
 
 static volatile sig_atomic_t child_pid;
-
-static void forward_signal(int sig)
-{
-    if (child_pid > 0)
-        kill((pid_t)child_pid, sig);
-}
 
 void moe_self_dir(char *buf, unsigned long cap)
 {
@@ -57,26 +52,79 @@ static moe_status prepare_run_dir(const moe_config *c, char *config_path, size_t
     return moe_config_save(c, config_path);
 }
 
-/* Runs the worker with the resolved config; returns its exit status. */
-static int run_worker(const char *config_path)
+/* argv for the workers: moe-worker alone for one rank (MPI singleton), or
+** under mpirun. More ranks than cores oversubscribe: ranks yield when idle
+** and get cores/N compute threads each unless num-threads says otherwise. */
+static int build_argv(const moe_config *c, const char *worker, const char *config_path, char **argv,
+                      char *threads_env, size_t cap)
 {
-    char dir[PATH_MAX], worker[PATH_MAX + 16];
+    int n = 0;
+    if (c->nproc > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int over = c->nproc > cores;
+        argv[n++] = "mpirun";
+        argv[n++] = "-np";
+        static char np[16];
+        snprintf(np, sizeof np, "%d", c->nproc);
+        argv[n++] = np;
+        argv[n++] = "--bind-to";
+        argv[n++] = "none"; /* each worker binds itself with hwloc (runtime/base/bind.h) */
+        if (over) {
+            argv[n++] = "--oversubscribe";
+            argv[n++] = "--mca";
+            argv[n++] = "mpi_yield_when_idle";
+            argv[n++] = "1";
+        }
+        if (geteuid() == 0)
+            argv[n++] = "--allow-run-as-root";
+        int threads = c->num_threads > 0 ? c->num_threads : (int)(cores / c->nproc > 0 ? cores / c->nproc : 1);
+        snprintf(threads_env, cap, "OMP_NUM_THREADS=%d", threads);
+        argv[n++] = "-x";
+        argv[n++] = threads_env;
+        argv[n++] = "-x";
+        argv[n++] = "OMP_WAIT_POLICY=PASSIVE";
+    }
+    argv[n++] = (char *)worker;
+    argv[n++] = "--config";
+    argv[n++] = (char *)config_path;
+    argv[n] = NULL;
+    return n;
+}
+
+static volatile sig_atomic_t interrupts;
+
+/* First Ctrl-C: ask the workers to checkpoint and stop (mpirun forwards
+** SIGUSR1 to them). Second: stop now. */
+static void on_interrupt(int sig)
+{
+    if (child_pid <= 0)
+        return;
+    interrupts++;
+    kill((pid_t)child_pid, interrupts == 1 && sig == SIGINT ? SIGUSR1 : SIGTERM);
+}
+
+/* Runs the worker(s) with the resolved config; returns their exit status. */
+static int run_worker(const moe_config *c, const char *config_path)
+{
+    char dir[PATH_MAX], worker[PATH_MAX + 16], threads_env[64];
+    char *argv[32];
     moe_self_dir(dir, sizeof dir);
     snprintf(worker, sizeof worker, "%s/moe-worker", dir);
+    build_argv(c, worker, config_path, argv, threads_env, sizeof threads_env);
     pid_t pid = fork();
     if (pid < 0) {
         fprintf(stderr, "moe train: error: fork: %s\n", strerror(errno));
         return 1;
     }
     if (pid == 0) {
-        execl(worker, worker, "--config", config_path, (char *)NULL);
-        fprintf(stderr, "moe train: error: cannot run %s: %s\n", worker, strerror(errno));
+        execvp(argv[0], argv);
+        fprintf(stderr, "moe train: error: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     child_pid = pid;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = forward_signal;
+    sa.sa_handler = on_interrupt;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     int status = 0;
@@ -88,9 +136,21 @@ static int run_worker(const char *config_path)
     }
     child_pid = 0;
     if (WIFEXITED(status))
-        return WEXITSTATUS(status);
-    fprintf(stderr, "moe train: worker killed by signal %d\n", WTERMSIG(status));
+        return WEXITSTATUS(status) == 0 && interrupts ? 130 : WEXITSTATUS(status);
+    fprintf(stderr, "moe train: workers killed by signal %d\n", WTERMSIG(status));
     return 128 + WTERMSIG(status);
+}
+
+/* Refuses a layout the workers would refuse, before starting any of them. */
+static moe_status check_layout(const moe_config *c)
+{
+    moe_layout l;
+    MOE_TRY(moe_layout_init(&l, c->nproc, c->tensor_model_parallel_size, c->context_parallel_size,
+                            c->pipeline_model_parallel_size, c->expert_model_parallel_size,
+                            c->expert_tensor_parallel_size, NULL));
+    MOE_TRY(moe_layout_check_model(&l, c->num_experts, c->num_attention_heads, c->num_query_groups,
+                                   c->num_layers, c->seq_length, c->sequence_parallel));
+    return moe_layout_check_build(&l);
 }
 
 static void usage(FILE *f)
@@ -113,8 +173,8 @@ int moe_train_main(int argc, char **argv)
     moe_status st = moe_config_parse_args(&cfg, argc, argv, 0);
     if (st == MOE_OK)
         st = moe_config_validate(&cfg);
-    if (st == MOE_OK && cfg.nproc != 1)
-        st = moe_fail(MOE_ERR_USAGE, "--nproc %d: this build trains in one process (--nproc 1)", cfg.nproc);
+    if (st == MOE_OK)
+        st = check_layout(&cfg);
     char config_path[MOE_PATH_MAX + 32];
     if (st == MOE_OK)
         st = prepare_run_dir(&cfg, config_path, sizeof config_path);
@@ -122,5 +182,5 @@ int moe_train_main(int argc, char **argv)
         moe_error_print(stderr, "moe train");
         return moe_exit_code(st);
     }
-    return run_worker(config_path);
+    return run_worker(&cfg, config_path);
 }

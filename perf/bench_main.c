@@ -3,6 +3,7 @@
 **
 **   moe bench gemm  [--size N] [--reps R] [--json]
 **       measures the fp32 GEMM peak (the MFU denominator) and caches it.
+**   moe bench a2a [--nproc N] ...   (perf/bench_a2a.c, under mpirun)
 **   moe bench train [--config F] [--<model key> V ...] [--steps S] [--warmup W]
 **                   [--vs-torch] [--json]
 **       times optimizer steps of the model on random tokens; with --vs-torch,
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "perf/bench.h"
 #include "runtime/base/cpu.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/rng.h"
@@ -180,13 +182,16 @@ int main(int argc, char **argv)
     moe_cpu_pick_blas_kernels(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
         printf("usage: moe bench gemm [--size N] [--reps R] [--json]\n"
-               "       moe bench train [--config F] [--<key> V ...] [--steps S] [--warmup W] [--vs-torch] [--json]\n");
+               "       moe bench train [--config F] [--<key> V ...] [--steps S] [--warmup W] [--vs-torch] [--json]\n"
+               "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "gemm") == 0)
         return bench_gemm(argc - 2, argv + 2);
     if (strcmp(argv[1], "train") == 0)
         return bench_train(argc - 2, argv + 2);
-    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train)\n", argv[1]);
+    if (strcmp(argv[1], "a2a") == 0)
+        return moe_bench_a2a(argc - 2, argv + 2);
+    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a)\n", argv[1]);
     return 2;
 }

@@ -1,0 +1,8 @@
+/* bench: the benchmark programs of moe-bench, one function each (perf/bench_*.c). */
+#ifndef MOE_BENCH_H
+#define MOE_BENCH_H
+
+/* argv after the benchmark's name; returns the exit status. */
+int moe_bench_a2a(int argc, char **argv);
+
+#endif
