@@ -232,13 +232,15 @@ void MOE_OP(unpermute_backward)(real *dys, real *dtopk_w, const real *dout, cons
 */
 
 // xs, ys are (R, C); h13 is (R, 2F); act is (R, F); w13 is (E, 2F, C); w2 is (E, C, F)
-void MOE_OP(experts_forward)(real *ys, real *h13, real *act, const real *xs, const real *w13,
-                             const real *w2, const int32_t *offsets, int E, int C, int F)
+void MOE_OP(experts_forward_segments)(real *ys, real *h13, real *act, const real *xs, const real *w13,
+                                      const real *w2, const int32_t *offsets, const int32_t *seg_expert,
+                                      int nseg, int C, int F)
 {
-    for (int e = 0; e < E; e++) {
-        int r0 = offsets[e], Re = offsets[e + 1] - offsets[e];
+    for (int g = 0; g < nseg; g++) {
+        int r0 = offsets[g], Re = offsets[g + 1] - offsets[g];
         if (Re <= 0)
             continue;
+        int e = seg_expert ? seg_expert[g] : g;
         const real *x = xs + (size_t)r0 * C;
         real *h = h13 + (size_t)r0 * 2 * F;
         real *a = act + (size_t)r0 * F;
@@ -250,16 +252,24 @@ void MOE_OP(experts_forward)(real *ys, real *h13, real *act, const real *xs, con
     }
 }
 
-// dxs (R, C), dh13 (R, 2F), dact (R, F) are written; dw13, dw2 accumulate
-void MOE_OP(experts_backward)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
-                              const real *dys, const real *xs, const real *h13, const real *act,
-                              const real *w13, const real *w2, const int32_t *offsets, int E,
-                              int C, int F)
+void MOE_OP(experts_forward)(real *ys, real *h13, real *act, const real *xs, const real *w13,
+                             const real *w2, const int32_t *offsets, int E, int C, int F)
 {
-    for (int e = 0; e < E; e++) {
-        int r0 = offsets[e], Re = offsets[e + 1] - offsets[e];
+    MOE_OP(experts_forward_segments)(ys, h13, act, xs, w13, w2, offsets, NULL, E, C, F);
+}
+
+// dxs (R, C), dh13 (R, 2F), dact (R, F) are written; dw13, dw2 accumulate
+void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
+                                       const real *dys, const real *xs, const real *h13,
+                                       const real *act, const real *w13, const real *w2,
+                                       const int32_t *offsets, const int32_t *seg_expert, int nseg,
+                                       int C, int F)
+{
+    for (int g = 0; g < nseg; g++) {
+        int r0 = offsets[g], Re = offsets[g + 1] - offsets[g];
         if (Re <= 0)
             continue;
+        int e = seg_expert ? seg_expert[g] : g;
         const real *dy = dys + (size_t)r0 * C;
         const real *x = xs + (size_t)r0 * C;
         const real *h = h13 + (size_t)r0 * 2 * F;
@@ -281,4 +291,13 @@ void MOE_OP(experts_backward)(real *dxs, real *dw13, real *dw2, real *dh13, real
         MOE_OP(gemm)(0, 0, Re, C, 2 * F, (real)1, dh, 2 * F, wu, C, (real)0,
                      dxs + (size_t)r0 * C, C);
     }
+}
+
+void MOE_OP(experts_backward)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
+                              const real *dys, const real *xs, const real *h13, const real *act,
+                              const real *w13, const real *w2, const int32_t *offsets, int E,
+                              int C, int F)
+{
+    MOE_OP(experts_backward_segments)(dxs, dw13, dw2, dh13, dact, dys, xs, h13, act, w13, w2, offsets,
+                                      NULL, E, C, F);
 }

@@ -63,4 +63,19 @@ void MOE_OP(experts_backward)(real *dxs, real *dw13, real *dw2, real *dh13, real
                               const real *w13, const real *w2, const int32_t *offsets, int E,
                               int C, int F);
 
+/*
+** The same over nseg row segments [offsets[g], offsets[g+1]), segment g run
+** by expert seg_expert[g] (NULL: expert g). An expert may own several
+** segments (expert parallelism receives its rows as one segment per source
+** rank); its weight gradients accumulate over them in segment order.
+*/
+void MOE_OP(experts_forward_segments)(real *ys, real *h13, real *act, const real *xs,
+                                      const real *w13, const real *w2, const int32_t *offsets,
+                                      const int32_t *seg_expert, int nseg, int C, int F);
+void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
+                                       const real *dys, const real *xs, const real *h13,
+                                       const real *act, const real *w13, const real *w2,
+                                       const int32_t *offsets, const int32_t *seg_expert, int nseg,
+                                       int C, int F);
+
 #endif

@@ -9,12 +9,14 @@
 ** rank they go to, and within it by that rank's local expert.
 **
 ** Forward, per MoE layer and micro-batch:
-**   counts:   kept[slot] rows per slot -> all-to-all of E_local counts per peer
-**   dispatch: all-to-all(v) of the rows; they arrive ordered (source, expert)
-**   regroup:  to (expert, source) so each local expert's rows are contiguous
-**   experts:  grouped SwiGLU GEMMs over the local experts
-**   combine:  regroup back to (source, expert), all-to-all(v) home; the rows
-**             land in the caller's slot order, ready for unpermute
+**   counts:   rows per slot -> all-to-all of E_local counts per peer
+**   dispatch: all-to-all(v) of the rows; they arrive ordered (source, expert),
+**             i.e. as P * E_local segments, segment (p, l) run by local expert l
+**   experts:  grouped SwiGLU GEMMs over those segments, in place: no copy
+**             regroups rows by expert (an expert's weight gradient sums its
+**             segments in source order)
+**   combine:  all-to-all(v) home; the rows land in the caller's slot order,
+**             ready for unpermute
 ** Backward mirrors it: the row gradients travel out like the tokens did, the
 ** expert backward runs, the input gradients travel home.
 **
@@ -45,16 +47,17 @@ static inline int moe_expert_slot(const moe_expert_map *m, int e)
 
 /* One MoE layer's dispatch state: what forward leaves for backward. */
 typedef struct {
-    size_t *send_rows, *recv_rows;     /* [ep] rows to / from each peer */
+    size_t *send_rows, *recv_rows;      /* [ep] rows to / from each peer */
     int32_t *send_counts, *recv_counts; /* [ep * E_local] rows per (peer, local expert) */
-    int32_t *offsets;                  /* [E_local + 1] local expert segments of xe */
-    size_t *sc, *sd, *rc, *rd;         /* [ep] element counts/displacements, send and receive */
+    int32_t *offsets;                   /* [ep * E_local + 1] segments of the received rows */
+    int32_t *seg_expert;                /* [ep * E_local] local expert of each segment */
+    size_t *sc, *sd, *rc, *rd;          /* [ep] element counts/displacements, send and receive */
     size_t recv_total, cap_rows;
-    float *xr;   /* (recv, C) rows as received, (source, expert) order */
-    float *xe;   /* (recv, C) regrouped, (expert, source) order */
+    float *xr;   /* (recv, C) rows as received: the experts' inputs, kept for backward */
     float *h13;  /* (recv, 2F) */
     float *act;  /* (recv, F) */
-    float *ye;   /* (recv, C) expert outputs, then scratch */
+    float *ye;   /* (recv, C) expert outputs; in backward the row gradients */
+    float *dx;   /* (recv, C) backward: input gradients */
     float *dh13, *dact; /* backward scratch */
 } moe_ep_layer;
 
@@ -72,17 +75,16 @@ moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *m
 /*
 ** The two halves of the exchange, for callers that put their own work in
 ** between (benchmarks, the overlap engine). dispatch: counts + all-to-all(v)
-** of rows in slot order, regrouped into s->xe (expert order, s->offsets).
-** combine: rows of `expert_rows` (expert order) travel home into out (R, C),
-** slot order. Forward is dispatch(xs), experts, combine(ye); backward reuses
-** the forward's counts (moe_ep_dispatch_again).
+** of rows in slot order into s->xr (segments s->offsets / s->seg_expert).
+** dispatch_again: more rows along the same routes (backward), into out.
+** combine: rows laid out like s->xr travel home into out (R, C), slot order.
 */
 moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
                            const float *xs, const int32_t *slot_offsets, int C, int F);
 moe_status moe_ep_dispatch_again(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
-                                 const float *rows, int C, float *expert_order_out);
+                                 const float *rows, int C, float *out);
 moe_status moe_ep_combine(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
-                          const float *expert_rows, int C, float *out);
+                          const float *rows, int C, float *out);
 
 /* dys (R, C) -> dxs (R, C) written; dw13, dw2 accumulated. */
 moe_status moe_ep_backward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,

@@ -114,7 +114,7 @@ int moe_bench_a2a(int argc, char **argv)
         moe_permute_forward(xs, x, row_token, R, C);
         st = moe_ep_dispatch(&s, world, &map, xs, offsets, C, 1);
         if (st == MOE_OK)
-            st = moe_ep_combine(&s, world, &map, s.xe, C, back);
+            st = moe_ep_combine(&s, world, &map, s.xr, C, back);
         if (st == MOE_OK)
             st = moe_ep_dispatch_again(&s, world, &map, back, C, s.ye);
         if (st == MOE_OK)

@@ -30,12 +30,13 @@ static void usage(FILE *f)
 
 /* Reports the failure and ends the job: in a multi-rank run the other ranks
 ** would otherwise wait forever in their next collective. */
-static int fail(moe_status st, int world_size)
+static int fail(moe_status st, int world_size, moe_world *w)
 {
     moe_error_print(stderr, "moe-worker");
     int code = moe_exit_code(st);
     if (world_size > 1)
         moe_comm_abort(code);
+    moe_world_free(w);
     moe_comm_finalize();
     return code;
 }
@@ -68,7 +69,7 @@ int main(int argc, char **argv)
     if (st == MOE_OK)
         st = moe_world_setup(&w, world, &cfg);
     if (st != MOE_OK)
-        return fail(st, size);
+        return fail(st, size, &w);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -80,7 +81,7 @@ int main(int argc, char **argv)
     moe_run_result res;
     st = moe_train_run(&cfg, &w.par, &res);
     if (st != MOE_OK)
-        return fail(st, size);
+        return fail(st, size, &w);
     if (moe_comm_rank(world) == 0) {
         if (res.last_val_loss >= 0)
             moe_info("done: %ld steps, loss %.4f, val loss %.4f", res.steps_done, res.last_loss, res.last_val_loss);
