@@ -3,10 +3,14 @@
 set(MOE_IT ${CMAKE_CURRENT_SOURCE_DIR}/integration)
 set(MOE_IT_SCRATCH ${CMAKE_BINARY_DIR}/it)
 
+# Workers run MPI, whose dlopen'ed components leave allocations LeakSanitizer
+# cannot attribute (unknown module) at exit: leak checking is off for these
+# end-to-end runs (address and UB checks stay on); the unit tests check leaks.
 function(moe_script_test name)
   add_test(NAME ${name}
     COMMAND bash ${MOE_IT}/${name}.sh ${CMAKE_BINARY_DIR}/bin ${MOE_IT_SCRATCH} ${CMAKE_SOURCE_DIR})
-  set_tests_properties(${name} PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2;MOE_CACHE_DIR=${MOE_IT_SCRATCH}/cache"
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT
+    "OMP_NUM_THREADS=2;MOE_CACHE_DIR=${MOE_IT_SCRATCH}/cache;ASAN_OPTIONS=detect_leaks=0:abort_on_error=1"
     ${ARGN})
 endfunction()
 
