@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,7 +31,7 @@ static void usage(FILE *f)
 ** runs it under mpirun with --nproc ranks (default 4). */
 static int run_bench(int argc, char **argv)
 {
-    char dir[PATH_MAX], bench[PATH_MAX + 16], np[16] = "4";
+    char dir[PATH_MAX], bench[PATH_MAX + 16], np[16] = "4", threads[48];
     moe_self_dir(dir, sizeof dir);
     snprintf(bench, sizeof bench, "%s/moe-bench", dir);
     char *args[argc + 16];
@@ -45,6 +46,10 @@ static int run_bench(int argc, char **argv)
         args[n++] = "1";
         if (geteuid() == 0)
             args[n++] = "--allow-run-as-root";
+        args[n++] = "-x";
+        args[n++] = threads; /* filled below, once --nproc is known */
+        args[n++] = "-x";
+        args[n++] = "OMP_WAIT_POLICY=PASSIVE";
     }
     args[n++] = bench;
     for (int i = 0; i < argc; i++) {
@@ -55,6 +60,8 @@ static int run_bench(int argc, char **argv)
         args[n++] = argv[i];
     }
     args[n] = NULL;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN), ranks = atol(np) > 0 ? atol(np) : 1;
+    snprintf(threads, sizeof threads, "OMP_NUM_THREADS=%ld", cores / ranks > 0 ? cores / ranks : 1);
     execvp(args[0], args);
     fprintf(stderr, "moe bench: error: cannot run %s: %s\n", args[0], strerror(errno));
     return 1;
