@@ -1,4 +1,6 @@
 #include "launch/data_prepare.h"
+#include "launch/args.h"
+#include "runtime/base/fs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -55,29 +57,6 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // command line
 
-static int is_flag(const char *a) { return a[0] == '-' && a[1] == '-'; }
-
-/* Value of "--name V" or "--name=V"; advances *i past what it used. */
-static moe_status flag_value(int argc, char **argv, int *i, const char *name, const char **out)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (a[n] == '=') {
-        *out = a + n + 1;
-        return MOE_OK;
-    }
-    if (*i + 1 >= argc || is_flag(argv[*i + 1]))
-        return moe_fail(MOE_ERR_USAGE, "%s needs a value", name);
-    *out = argv[++*i];
-    return MOE_OK;
-}
-
-static int flag_is(const char *a, const char *name)
-{
-    size_t n = strlen(name);
-    return strncmp(a, name, n) == 0 && (a[n] == '\0' || a[n] == '=');
-}
-
 static moe_status parse_fraction(const char *s, double *out)
 {
     char *end;
@@ -107,27 +86,27 @@ static moe_status parse_args(int argc, char **argv, options *o)
         const char *v;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             o->help = 1;
-        } else if (flag_is(a, "--input")) {
+        } else if (moe_arg_is(a, "--input")) {
             if (a[7] == '=') {
                 o->inputs[o->ninputs++] = a + 8;
                 continue;
             }
             int before = o->ninputs;
-            while (i + 1 < argc && !is_flag(argv[i + 1]))
+            while (i + 1 < argc && !moe_arg_is_flag(argv[i + 1]))
                 o->inputs[o->ninputs++] = argv[++i];
             if (o->ninputs == before)
                 return moe_fail(MOE_ERR_USAGE, "--input needs at least one FILE");
-        } else if (flag_is(a, "--out")) {
-            MOE_TRY(flag_value(argc, argv, &i, "--out", &o->out));
-        } else if (flag_is(a, "--tokenizer")) {
-            MOE_TRY(flag_value(argc, argv, &i, "--tokenizer", &o->tokenizer));
-        } else if (flag_is(a, "--val-fraction")) {
-            MOE_TRY(flag_value(argc, argv, &i, "--val-fraction", &v));
+        } else if (moe_arg_is(a, "--out")) {
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--out", &o->out));
+        } else if (moe_arg_is(a, "--tokenizer")) {
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--tokenizer", &o->tokenizer));
+        } else if (moe_arg_is(a, "--val-fraction")) {
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--val-fraction", &v));
             MOE_TRY(parse_fraction(v, &o->val_fraction));
-        } else if (flag_is(a, "--shard-tokens")) {
-            MOE_TRY(flag_value(argc, argv, &i, "--shard-tokens", &v));
+        } else if (moe_arg_is(a, "--shard-tokens")) {
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--shard-tokens", &v));
             MOE_TRY(parse_count(v, &o->shard_tokens));
-        } else if (is_flag(a)) {
+        } else if (moe_arg_is_flag(a)) {
             return moe_fail(MOE_ERR_USAGE, "unknown flag '%s'", a);
         } else {
             return moe_fail(MOE_ERR_USAGE, "unexpected argument '%s' (inputs follow --input)", a);
@@ -263,28 +242,6 @@ static moe_status check_utf8(const char *path, const unsigned char *s, size_t n)
 
 // ----------------------------------------------------------------------------
 // writing
-
-static moe_status mkdir_p(const char *dir)
-{
-    char p[4096];
-    size_t len = strlen(dir);
-    if (len >= sizeof p)
-        return moe_fail(MOE_ERR_USAGE, "--out path too long");
-    memcpy(p, dir, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0')
-            continue;
-        char saved = p[i];
-        p[i] = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-        p[i] = saved;
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return moe_fail(MOE_ERR_INPUT, "--out %s exists and is not a directory", dir);
-    return MOE_OK;
-}
 
 static uint64_t shard_count(uint64_t ntokens, uint64_t per_shard)
 {
@@ -452,7 +409,7 @@ static moe_status prepare(const options *o, bytebuf *text, uint64_t *source_byte
                         nval == 0 ? "validation" : "training", (unsigned long long)n,
                         o->val_fraction, (unsigned long long)ntrain, (unsigned long long)nval);
 
-    MOE_TRY(mkdir_p(o->out));
+    MOE_TRY(moe_mkdir_p(o->out));
     uint64_t biggest = ntrain > nval ? ntrain : nval;
     uint64_t per = biggest < o->shard_tokens ? biggest : o->shard_tokens;
     size_t bytes;

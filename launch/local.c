@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "runtime/base/config.h"
+#include "runtime/base/fs.h"
 #include "runtime/base/topology.h"
 
 static volatile sig_atomic_t child_pid;
@@ -27,27 +28,12 @@ void moe_self_dir(char *buf, unsigned long cap)
         *slash = '\0';
 }
 
-static moe_status make_dirs(const char *path)
-{
-    char tmp[MOE_PATH_MAX + 16];
-    snprintf(tmp, sizeof tmp, "%s/", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    return MOE_OK;
-}
-
 static moe_status prepare_run_dir(const moe_config *c, char *config_path, size_t cap)
 {
     char logs[MOE_PATH_MAX + 16];
-    MOE_TRY(make_dirs(c->run_dir));
+    MOE_TRY(moe_mkdir_p(c->run_dir));
     snprintf(logs, sizeof logs, "%s/logs", c->run_dir);
-    MOE_TRY(make_dirs(logs));
+    MOE_TRY(moe_mkdir_p(logs));
     snprintf(config_path, cap, "%s/config.yaml", c->run_dir);
     return moe_config_save(c, config_path);
 }

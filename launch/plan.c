@@ -1,4 +1,5 @@
 #include "launch/plan.h"
+#include "launch/args.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -39,29 +40,6 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // command line
 
-static int is_flag(const char *a) { return a[0] == '-' && a[1] == '-'; }
-
-static int flag_is(const char *a, const char *name)
-{
-    size_t n = strlen(name);
-    return strncmp(a, name, n) == 0 && (a[n] == '\0' || a[n] == '=');
-}
-
-/* Value of "--name V" or "--name=V"; advances *i past what it used. */
-static moe_status flag_value(int argc, char **argv, int *i, const char *name, const char **out)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (a[n] == '=') {
-        *out = a + n + 1;
-        return MOE_OK;
-    }
-    if (*i + 1 >= argc || is_flag(argv[*i + 1]))
-        return moe_fail(MOE_ERR_USAGE, "%s needs a value", name);
-    *out = argv[++*i];
-    return MOE_OK;
-}
-
 static moe_status parse_size(const char *name, const char *s, int *out)
 {
     char *end;
@@ -92,20 +70,20 @@ static moe_status parse_topology_args(int argc, char **argv, topo_options *o)
             o->json = 1;
             continue;
         }
-        if (flag_is(a, "--order")) {
-            MOE_TRY(flag_value(argc, argv, &i, "--order", &o->order));
+        if (moe_arg_is(a, "--order")) {
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--order", &o->order));
             continue;
         }
         for (size_t k = 0; k < sizeof SIZES / sizeof SIZES[0] && !matched; k++) {
-            if (flag_is(a, SIZES[k].name)) {
-                MOE_TRY(flag_value(argc, argv, &i, SIZES[k].name, &v));
+            if (moe_arg_is(a, SIZES[k].name)) {
+                MOE_TRY(moe_arg_value(argc, argv, &i, SIZES[k].name, &v));
                 MOE_TRY(parse_size(SIZES[k].name, v, (int *)((char *)o + SIZES[k].off)));
                 matched = 1;
             }
         }
         if (matched)
             continue;
-        if (is_flag(a) || a[0] == '-')
+        if (moe_arg_is_flag(a) || a[0] == '-')
             return moe_fail(MOE_ERR_USAGE, "unknown flag '%s'", a);
         return moe_fail(MOE_ERR_USAGE, "unexpected argument '%s'", a);
     }

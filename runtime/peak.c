@@ -10,6 +10,7 @@
 
 #include "layers/gemm.h"
 #include "runtime/base/cpu.h"
+#include "runtime/base/fs.h"
 #include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
@@ -61,21 +62,6 @@ moe_status moe_peak_cache_path(char *buf, size_t cap)
     return MOE_OK;
 }
 
-static moe_status mkdir_p(const char *path)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    return MOE_OK;
-}
-
 static int read_cache(const char *path, moe_peak *out)
 {
     FILE *f = fopen(path, "r");
@@ -97,7 +83,10 @@ moe_status moe_peak_store(moe_peak *p)
         *p = old;
         return MOE_OK;
     }
-    MOE_TRY(mkdir_p(path));
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", path);
+    *strrchr(dir, '/') = '\0';
+    MOE_TRY(moe_mkdir_p(dir));
     snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f)

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/base/fs.h"
 #include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
@@ -55,21 +56,6 @@ static moe_status load_checkpoint(run_state *s)
 
 /* ------------------------------------------------------------------------- */
 
-static moe_status make_dir(const char *path)
-{
-    char tmp[MOE_PATH_MAX + 64];
-    snprintf(tmp, sizeof tmp, "%s/", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    return MOE_OK;
-}
-
 static moe_status open_run(run_state *s, const moe_config *cfg, const moe_trainer_par *par)
 {
     memset(s, 0, sizeof *s);
@@ -96,7 +82,7 @@ static moe_status open_run(run_state *s, const moe_config *cfg, const moe_traine
     MOE_TRY(moe_alloc((void **)&s->targets, tokens * sizeof(int32_t), "batch targets"));
 
     if (is_root(s))
-        MOE_TRY(make_dir(c->run_dir));
+        MOE_TRY(moe_mkdir_p(c->run_dir));
     if (c->save[0])
         snprintf(s->ckpt_root, sizeof s->ckpt_root, "%s", c->save);
     else

@@ -96,7 +96,7 @@ static moe_status fsync_parent_dir(const char *path)
     return MOE_OK;
 }
 
-/* Streams header placeholder + payload into f, then the real header. */
+/* Streams a zeroed header and the payload into f, then rewrites the header. */
 static moe_status write_contents(FILE *f, const char *tmp, const uint32_t *tokens, uint64_t n,
                                  uint32_t vocab_size)
 {
