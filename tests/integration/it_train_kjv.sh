@@ -1,10 +1,11 @@
 # Trains the tiny config for 300 steps on KJV and checks it learned.
 #
-# The bound: uniform over bytes is ln 256 = 5.55 nats; a unigram (byte
-# frequency) model of KJV is about 3.0. The tiny model reaches about
-# VAL_BOUND_MEASURED after 300 steps (see docs/training.md); we require < 2.6,
-# well below unigram, so the test fails if attention or the experts stop
-# learning context, with margin for thread-count and platform rounding.
+# The bound: uniform over bytes is ln 256 = 5.55 nats, and the best model that
+# ignores context (KJV's byte frequencies) scores 3.15. Measured after 300
+# steps of the tiny config: 2.19 (seed 1234, the default), 2.23, 2.32, 2.44
+# (seeds 3, 2, 1). We require < 2.6: 0.55 below the context-free bound, so
+# the test fails when attention or the experts stop using context, and 0.16
+# above the worst seed seen, for rounding across machines and thread counts.
 source "$(dirname "$0")/lib.sh"
 D=$(mktemp -d "$SCRATCH/train.XXXXXX")
 "$MOE" train "${TINY[@]}" --run-dir "$D/run" --train-iters 300 --eval-interval 100 --save-interval 0
