@@ -121,8 +121,7 @@ static int bench_train(int argc, char **argv)
         st = moe_config_validate(&c);
     if (st != MOE_OK)
         return fail(st);
-    if (c.num_threads > 0)
-        omp_set_num_threads(c.num_threads);
+    moe_cpu_set_threads(c.num_threads);
 
     moe_peak peak;
     moe_trainer *t = NULL;

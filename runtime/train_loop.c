@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/base/cpu.h"
 #include "runtime/base/fs.h"
 #include "runtime/base/log.h"
 #include "runtime/base/mem.h"
@@ -64,8 +65,7 @@ static moe_status open_run(run_state *s, const moe_config *cfg, const moe_traine
     if (par)
         s->par = *par;
     moe_config *c = &s->cfg;
-    if (c->num_threads > 0)
-        omp_set_num_threads(c->num_threads);
+    moe_cpu_set_threads(c->num_threads);
     MOE_TRY(moe_data_open(&s->train, c->data_path, "train", c->seq_length, c->seed, 1));
     MOE_TRY(moe_data_open(&s->val, c->data_path, "val", c->seq_length, c->seed, 0));
     int vocab = moe_data_vocab(s->train);

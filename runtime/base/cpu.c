@@ -1,5 +1,6 @@
 #include "runtime/base/cpu.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,4 +34,13 @@ void moe_cpu_pick_blas_kernels(char **argv)
     execv("/proc/self/exe", argv);
     moe_warn("could not re-execute with OPENBLAS_CORETYPE=SkylakeX; BLAS runs its generic kernels");
     unsetenv("OPENBLAS_CORETYPE");
+}
+
+int moe_cpu_set_threads(int configured)
+{
+    const char *env = getenv("MOE_NUM_THREADS");
+    int n = configured > 0 ? configured : env ? atoi(env) : 0;
+    if (n > 0)
+        omp_set_num_threads(n);
+    return omp_get_max_threads();
 }

@@ -22,4 +22,9 @@ const char *moe_cpu_blas_coretype(void);
 
 int moe_cpu_has_avx512(void);
 
+/* Sets the compute threads of this process (OpenMP, which OpenBLAS shares):
+** `configured` when > 0 (the num-threads key), else MOE_NUM_THREADS, else
+** OpenMP's own default (OMP_NUM_THREADS or the cores). Returns the count. */
+int moe_cpu_set_threads(int configured);
+
 #endif
