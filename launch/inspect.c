@@ -11,7 +11,8 @@
 
 static const char *USAGE = "usage: moe inspect checkpoint DIR [--json]\n"
                            "  checkpoint DIR  a step directory (ROOT/step-NNNNNNN): its step, data position,\n"
-                           "                  RNG state, shards and tensors; every checksum is verified\n"
+                           "                  RNG state, shards and tensors (each slice of a sharded one);\n"
+                           "                  every shard and every checksum is verified\n"
                            "  --json          one JSON object on stdout\n"
                            "Exit status: 0 valid, 2 bad usage or invalid checkpoint, 1 I/O failure.\n";
 
@@ -73,8 +74,10 @@ static void json_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
     }
     fprintf(f, ",\"format_version\":%u,\"created_by\":", m->format_version);
     json_str(f, m->created_by);
-    fprintf(f, ",\"step\":%" PRId64 ",\"data_next_sequence\":%" PRIu64 ",\"world_size\":%u,\"rng_state\":[",
+    fprintf(f, ",\"step\":%" PRId64 ",\"data_next_sequence\":%" PRIu64 ",\"world_size\":%u,\"layout\":",
             m->step, m->data_next_sequence, m->world_size);
+    json_str(f, m->layout);
+    fputs(",\"rng_state\":[", f);
     for (size_t i = 0; i < m->n_rng_state; i++)
         fprintf(f, "%s\"%016" PRIx64 "\"", i ? "," : "", m->rng_state[i]);
     fprintf(f, "],\"config_yaml_bytes\":%zu,\"shards\":[", strlen(m->config_yaml ? m->config_yaml : ""));
@@ -132,6 +135,19 @@ static void fmt_entry_shape(char *out, size_t cap, const Moe__TensorEntry *e)
     snprintf(out + k, cap - k, " slice %s at %s", l, o);
 }
 
+/* Tensors, not slices: a sharded checkpoint lists a tensor once per slice. */
+static size_t count_names(const Moe__CheckpointManifest *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        size_t j = 0;
+        while (j < i && strcmp(m->tensors[j]->name, m->tensors[i]->name) != 0)
+            j++;
+        n += j == i;
+    }
+    return n;
+}
+
 static void text_report(FILE *f, const char *dir, const Moe__CheckpointManifest *m, const int *shard_ok,
                         const int *tensor_ok, const char *error)
 {
@@ -142,7 +158,10 @@ static void text_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
     fprintf(f, "rng         ");
     for (size_t i = 0; i < m->n_rng_state; i++)
         fprintf(f, "%s%016" PRIx64, i ? " " : "", m->rng_state[i]);
-    fprintf(f, "\nworld size  %u\n", m->world_size);
+    fprintf(f, "\nworld size  %u", m->world_size);
+    if (m->layout && m->layout[0])
+        fprintf(f, " (%s)", m->layout);
+    fputc('\n', f);
     fprintf(f, "config      %zu bytes of YAML\n", strlen(m->config_yaml ? m->config_yaml : ""));
 
     uint64_t total = 0;
@@ -166,7 +185,11 @@ static void text_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
         wshape = ls > wshape ? ls : wshape;
         total += m->tensors[i]->byte_size;
     }
-    fprintf(f, "tensors     %zu, %" PRIu64 " bytes\n", m->n_tensors, total);
+    size_t distinct = count_names(m);
+    if (distinct == m->n_tensors)
+        fprintf(f, "tensors     %zu, %" PRIu64 " bytes\n", m->n_tensors, total);
+    else
+        fprintf(f, "tensors     %zu in %zu slices, %" PRIu64 " bytes\n", distinct, m->n_tensors, total);
     fprintf(f, "  %-*s  %-*s  %12s  %-16s  %s\n", wname, "name", wshape, "shape", "bytes", "xxh64", "check");
     for (size_t i = 0; i < m->n_tensors; i++) {
         const Moe__TensorEntry *e = m->tensors[i];

@@ -1,12 +1,19 @@
 /*
 ** With the distributed optimizer the moments are sharded: save all-gathers
-** them into full-size flat buffers first and load keeps this rank's shard,
-** so the checkpoint is the same either way and loads with the flag on or
-** off. Those two buffers (2 x the parameter count) live only during the call.
+** them into full-size flat buffers first (every rank, a collective) and the
+** owners write their parts; load fills those buffers with this rank's rows
+** and keeps its shard, so the checkpoint is the same either way and loads
+** with the flag on or off. Those two buffers (2 x the parameter count) live
+** only during the call.
+**
+** Agreement between ranks goes through verdict(): an all-gather of every
+** rank's (code, message), so each rank learns the worst code and the message
+** of the first rank that had it.
 */
 #include "runtime/train_ckpt.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "runtime/base/checkpoint.h"
@@ -15,41 +22,141 @@
 
 #define PREFIXES 3
 #define NAME_MAX_LEN 96
+#define TEXT_CAP 4096 /* a path or a message travelling between ranks */
 
-/* The tensor list plus the staging buffers of gathered expert tensors. */
-typedef struct {
-    moe_ckpt_tensor *t;
-    char *names;
-    float **staged; /* [n]: full expert tensor, or NULL when the data is the rank's own */
-    int n;
-} ckpt_list;
+/* ---- the ranks together --------------------------------------------------- */
 
-static void list_free(ckpt_list *l)
+static moe_comm *world_of(moe_trainer *tr)
 {
-    for (int i = 0; l->staged && i < l->n; i++)
-        moe_free(l->staged[i]);
-    moe_free(l->staged);
-    moe_free(l->t);
+    moe_comm *w = moe_trainer_parallel(tr)->world;
+    return w && moe_comm_size(w) > 1 ? w : NULL;
+}
+
+static int rank_of(moe_comm *w) { return w ? moe_comm_rank(w) : 0; }
+static int size_of(moe_comm *w) { return w ? moe_comm_size(w) : 1; }
+
+/* Record layout: int32 code, then a NUL-terminated text. */
+typedef struct {
+    int32_t code;
+    char text[TEXT_CAP];
+} record;
+
+/* Every rank's record; all[] (size_of(w)) receives them. */
+static moe_status exchange(moe_comm *w, const record *mine, record *all)
+{
+    MOE_TRY(moe_allgather(w, mine, all, sizeof *mine, MOE_DT_U8));
+    return MOE_OK;
+}
+
+/* The worst code of all ranks (-1: the exchange failed, see moe_errmsg);
+** when it is nonzero, msg gets the message of the first rank that had it. */
+static int verdict(moe_comm *w, int code, char *msg, size_t cap)
+{
+    if (!w)
+        return code;
+    record mine = {.code = code}, *all = NULL;
+    snprintf(mine.text, sizeof mine.text, "%s", code ? msg : "");
+    if (moe_alloc((void **)&all, sizeof *all * (size_t)size_of(w), "checkpoint verdict") != MOE_OK)
+        return -1;
+    if (exchange(w, &mine, all) != MOE_OK) {
+        moe_free(all);
+        return -1;
+    }
+    int worst = 0, who = 0;
+    for (int r = 0; r < size_of(w); r++)
+        if (all[r].code > worst) {
+            worst = all[r].code;
+            who = r;
+        }
+    if (worst != 0 && msg && cap > 0) {
+        all[who].text[TEXT_CAP - 1] = '\0';
+        if (who == rank_of(w))
+            snprintf(msg, cap, "%s", all[who].text);
+        else
+            snprintf(msg, cap, "rank %d: %s", who, all[who].text);
+    }
+    moe_free(all);
+    return worst;
+}
+
+static int agree_cb(void *ctx, int code, char *msg, size_t cap) { return verdict(ctx, code, msg, cap); }
+
+/* st on this rank, st' on every other: all fail when any does, with the
+** failing rank's message. */
+static moe_status all_ok(moe_comm *w, moe_status st)
+{
+    if (!w)
+        return st;
+    char msg[TEXT_CAP];
+    snprintf(msg, sizeof msg, "%s", st != MOE_OK ? moe_errmsg() : "");
+    int worst = verdict(w, st != MOE_OK ? (int)st : 0, msg, sizeof msg);
+    if (worst < 0)
+        return MOE_ERR_SYSTEM;
+    if (worst == 0)
+        return MOE_OK;
+    if (st != MOE_OK)
+        return st;
+    return moe_fail((moe_status)worst, "checkpoint: %s", msg);
+}
+
+/* ---- the tensors ------------------------------------------------------------ */
+
+typedef struct {
+    moe_ckpt_part *p;
+    char *names;
+    int n;
+} part_list;
+
+static void list_free(part_list *l)
+{
+    moe_free(l->p);
     moe_free(l->names);
     memset(l, 0, sizeof *l);
 }
 
-static moe_status add(ckpt_list *l, const char *prefix, const moe_param_info *p, float *data, int ep_size)
+/* This rank's rows of the expert dimension: [*first, *first + local) of *global. */
+static moe_status expert_rows(const moe_trainer_par *par, int64_t local, int64_t *first, int64_t *global)
 {
-    moe_ckpt_tensor *c = &l->t[l->n];
+    int P = par->ep ? moe_comm_size(par->ep) : 1;
+    *first = 0;
+    *global = local;
+    if (P == 1)
+        return MOE_OK;
+    const moe_expert_map *map = par->map;
+    if (!map) {
+        *first = (int64_t)moe_comm_rank(par->ep) * local;
+        *global = (int64_t)P * local;
+        return MOE_OK;
+    }
+    if (map->E_local != local)
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint: expert tensor has %lld rows, the expert map %d per rank",
+                        (long long)local, map->E_local);
+    for (int l = 1; l < map->E_local; l++)
+        if (map->local_experts[l] != map->local_experts[0] + l)
+            return moe_fail(MOE_ERR_INTERNAL, "checkpoint: this rank's experts are not contiguous (a slice per "
+                            "rank needs them so)");
+    *first = map->local_experts[0];
+    *global = map->E;
+    return MOE_OK;
+}
+
+static moe_status add(part_list *l, const moe_trainer_par *par, const char *prefix, const moe_param_info *p,
+                      float *data)
+{
+    moe_ckpt_part *c = &l->p[l->n];
     char *name = l->names + (size_t)l->n * NAME_MAX_LEN;
-    snprintf(name, NAME_MAX_LEN, "%s%s", prefix, p->name);
+    int k = snprintf(name, NAME_MAX_LEN, "%s%s", prefix, p->name);
+    if (k < 0 || k >= NAME_MAX_LEN)
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint: tensor name %s%s too long", prefix, p->name);
     c->name = name;
     c->ndim = p->ndim;
     memcpy(c->shape, p->shape, sizeof c->shape);
     c->data = data;
     c->bytes = p->numel * sizeof(float);
-    if (p->is_expert && ep_size > 1) {
-        c->shape[0] *= ep_size;
-        c->bytes *= (size_t)ep_size;
-        MOE_TRY(moe_alloc((void **)&l->staged[l->n], c->bytes, "checkpoint expert staging"));
-        c->data = l->staged[l->n];
-    }
+    c->row_start = 0;
+    c->rows = p->ndim ? p->shape[0] : 1;
+    if (p->is_expert && p->ndim > 0)
+        MOE_TRY(expert_rows(par, p->shape[0], &c->row_start, &c->shape[0]));
     l->n++;
     return MOE_OK;
 }
@@ -87,132 +194,210 @@ static moe_status moments_get(moe_trainer *tr, moments *mo)
     return MOE_OK;
 }
 
-static moe_status build(moe_trainer *tr, const moments *mo, ckpt_list *l)
+/* Does this rank write the expert tensors' rows it holds? One rank per ep
+** rank does (edp rank 0); without expert parallelism, world rank 0. */
+static int owns_experts(const moe_trainer_par *par)
+{
+    if (!par->ep || moe_comm_size(par->ep) == 1)
+        return !par->world || moe_comm_rank(par->world) == 0;
+    return !par->edp || moe_comm_rank(par->edp) == 0;
+}
+
+/* saving: only what this rank writes; loading: every tensor, this rank's rows. */
+static moe_status build(moe_trainer *tr, const moments *mo, int saving, part_list *l)
 {
     moe_model *m = moe_trainer_model(tr);
     const moe_trainer_par *par = moe_trainer_parallel(tr);
-    int ep_size = par->ep ? moe_comm_size(par->ep) : 1;
     int nt;
     const moe_param_info *t = moe_model_params(m, &nt);
     size_t nstate;
     float *state = moe_model_state_data(m, &nstate);
     int cap = PREFIXES * nt + 1;
+    int mine_dense = !saving || !par->world || moe_comm_rank(par->world) == 0;
+    int mine_expert = !saving || owns_experts(par);
     memset(l, 0, sizeof *l);
-    MOE_TRY(moe_alloc((void **)&l->t, sizeof *l->t * (size_t)cap, "checkpoint tensor list"));
+    MOE_TRY(moe_alloc((void **)&l->p, sizeof *l->p * (size_t)cap, "checkpoint tensor list"));
     MOE_TRY(moe_alloc((void **)&l->names, (size_t)cap * NAME_MAX_LEN, "checkpoint tensor names"));
-    MOE_TRY(moe_alloc((void **)&l->staged, sizeof *l->staged * (size_t)cap, "checkpoint staging"));
     static const char *prefix[PREFIXES] = {"model.", "optim.m.", "optim.v."};
     float *base[PREFIXES] = {moe_model_param_data(m), mo->m, mo->v};
     for (int p = 0; p < PREFIXES; p++)
         for (int i = 0; i < nt; i++)
-            MOE_TRY(add(l, prefix[p], &t[i], base[p] + t[i].offset, ep_size));
-    if (nstate > 0) {
+            if (t[i].is_expert ? mine_expert : mine_dense)
+                MOE_TRY(add(l, par, prefix[p], &t[i], base[p] + t[i].offset));
+    if (nstate > 0 && mine_dense) {
         moe_param_info bias = {.name = "expert_bias", .ndim = 1, .shape = {(int64_t)nstate}, .numel = nstate};
-        MOE_TRY(add(l, "state.", &bias, state, 1));
+        MOE_TRY(add(l, par, "state.", &bias, state));
     }
     return MOE_OK;
 }
 
-/* Local expert slice <-> staged full tensor. The map is contiguous, so the
-** ep group's rank order is expert order and an all-gather assembles it. */
-static moe_status gather_experts(moe_trainer *tr, ckpt_list *l, float *const *local)
+/* ---- save -------------------------------------------------------------------- */
+
+/* Rank 0 makes the temporary step directory; every rank learns its path. */
+static moe_status prepare(moe_comm *w, const char *root, long step, char *tmp, size_t cap)
 {
+    record mine = {0}, *all = NULL;
+    if (rank_of(w) == 0) {
+        moe_status st = moe_ckpt_prepare(root, step, mine.text, sizeof mine.text);
+        mine.code = (int32_t)st;
+        if (st != MOE_OK)
+            snprintf(mine.text, sizeof mine.text, "%s", moe_errmsg());
+    }
+    const record *r0 = &mine;
+    moe_status st = MOE_OK;
+    if (w) {
+        MOE_TRY(moe_alloc((void **)&all, sizeof *all * (size_t)size_of(w), "checkpoint directory name"));
+        MOE_TRY_GOTO(exchange(w, &mine, all), st, done);
+        r0 = &all[0];
+    }
+    if (r0->code != MOE_OK) {
+        st = rank_of(w) == 0 ? (moe_status)r0->code
+                             : moe_fail((moe_status)r0->code, "checkpoint: rank 0: %.*s", TEXT_CAP - 1, r0->text);
+        goto done;
+    }
+    snprintf(tmp, cap, "%.*s", TEXT_CAP - 1, r0->text);
+done:
+    moe_free(all);
+    return st;
+}
+
+/* Every rank's shard index on rank 0 (others get them too: an all-gather). */
+static moe_status gather_indexes(moe_comm *w, const uint8_t *index, size_t len, uint8_t **all, size_t *lens,
+                                 size_t *displs)
+{
+    int P = size_of(w);
+    int64_t mine = (int64_t)len, *l64 = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRY(moe_alloc((void **)&l64, sizeof *l64 * (size_t)P, "checkpoint index sizes"));
+    MOE_TRY_GOTO(moe_allgather(w, &mine, l64, 1, MOE_DT_I64), st, done);
+    size_t total = 0;
+    for (int r = 0; r < P; r++) {
+        lens[r] = (size_t)l64[r];
+        displs[r] = total;
+        total += lens[r];
+    }
+    MOE_TRY_GOTO(moe_alloc((void **)all, total ? total : 1, "checkpoint indexes"), st, done);
+    MOE_TRY_GOTO(moe_allgatherv(w, index, len, *all, lens, displs, MOE_DT_U8), st, done);
+done:
+    moe_free(l64);
+    return st;
+}
+
+static moe_status config_text(const moe_config *cfg, char *yaml, size_t cap)
+{
+    FILE *f = fmemopen(yaml, cap, "w");
+    if (!f)
+        return moe_fail(MOE_ERR_SYSTEM, "fmemopen: %s", strerror(errno));
+    moe_status st = moe_config_write_yaml(cfg, f);
+    fclose(f);
+    return st;
+}
+
+/* Rank 0: the manifest from every index, then the rename into place. */
+static moe_status commit(moe_trainer *tr, const moe_config *cfg, const char *root, const char *tmp, long step,
+                         uint64_t next_seq, uint8_t *all, const size_t *lens, const size_t *displs)
+{
+    moe_comm *w = world_of(tr);
     const moe_trainer_par *par = moe_trainer_parallel(tr);
-    for (int i = 0; i < l->n; i++)
-        if (l->staged[i]) {
-            size_t count = l->t[i].bytes / sizeof(float) / (size_t)moe_comm_size(par->ep);
-            MOE_TRY(moe_allgather(par->ep, local[i], l->staged[i], count, MOE_DT_F32));
-        }
+    int P = size_of(w);
+    static char yaml[65536]; /* rank 0 only, one save at a time */
+    moe_status st = config_text(cfg, yaml, sizeof yaml);
+    if (st != MOE_OK) {
+        moe_ckpt_discard(tmp);
+        MOE_TRY(st);
+    }
+    const uint8_t **idx = NULL;
+    if ((st = moe_alloc((void **)&idx, sizeof *idx * (size_t)P, "checkpoint indexes")) != MOE_OK) {
+        moe_ckpt_discard(tmp);
+        MOE_TRY(st);
+    }
+    for (int r = 0; r < P; r++)
+        idx[r] = all + displs[r];
+    char layout[96] = "";
+    if (w)
+        snprintf(layout, sizeof layout, "world %d = dp %d x ep %d", P, par->dp_size,
+                 par->ep ? moe_comm_size(par->ep) : 1);
+    moe_ckpt_meta meta = {.step = step, .data_next_sequence = next_seq};
+    st = moe_ckpt_commit(root, tmp, &meta, yaml, layout, (uint32_t)P, idx, lens, P, cfg->keep_checkpoints);
+    moe_free(idx);
+    MOE_TRY(st);
     return MOE_OK;
-}
-
-static void scatter_experts(moe_trainer *tr, ckpt_list *l, float *const *local)
-{
-    const moe_trainer_par *par = moe_trainer_parallel(tr);
-    for (int i = 0; i < l->n; i++)
-        if (l->staged[i]) {
-            size_t count = l->t[i].bytes / sizeof(float) / (size_t)moe_comm_size(par->ep);
-            memcpy(local[i], l->staged[i] + count * (size_t)moe_comm_rank(par->ep), count * sizeof(float));
-        }
-}
-
-/* Where each list entry's rank-local data lives (before staging replaced it). */
-static moe_status local_pointers(moe_trainer *tr, const moments *mo, const ckpt_list *l, float ***out)
-{
-    MOE_TRY(moe_alloc((void **)out, sizeof **out * (size_t)l->n, "checkpoint pointers"));
-    moe_model *m = moe_trainer_model(tr);
-    int nt;
-    const moe_param_info *t = moe_model_params(m, &nt);
-    float *base[PREFIXES] = {moe_model_param_data(m), mo->m, mo->v};
-    int k = 0;
-    for (int p = 0; p < PREFIXES; p++)
-        for (int i = 0; i < nt; i++)
-            (*out)[k++] = base[p] + t[i].offset;
-    size_t nstate;
-    if (k < l->n)
-        (*out)[k++] = moe_model_state_data(m, &nstate);
-    return MOE_OK;
-}
-
-static int world_rank(moe_trainer *tr)
-{
-    const moe_trainer_par *par = moe_trainer_parallel(tr);
-    return par->world ? moe_comm_rank(par->world) : 0;
 }
 
 moe_status moe_train_save(moe_trainer *tr, const moe_config *cfg, const char *root, long step,
                           uint64_t next_seq)
 {
-    ckpt_list l = {0};
+    moe_comm *w = world_of(tr);
+    int P = size_of(w), me = rank_of(w);
+    part_list l = {0};
     moments mo = {0};
-    float **local = NULL;
-    char yaml[65536];
-    moe_status st = MOE_OK;
-    MOE_TRY_GOTO(moments_get(tr, &mo), st, done);
-    MOE_TRY_GOTO(build(tr, &mo, &l), st, done);
-    MOE_TRY_GOTO(local_pointers(tr, &mo, &l, &local), st, done);
-    if (moe_trainer_distopt(tr))
-        MOE_TRY_GOTO(moe_distopt_gather_moments(moe_trainer_distopt(tr), mo.m, mo.v), st, done);
-    if (moe_trainer_parallel(tr)->ep)
-        MOE_TRY_GOTO(gather_experts(tr, &l, local), st, done);
-    if (world_rank(tr) == 0) {
-        FILE *f = fmemopen(yaml, sizeof yaml, "w");
-        if (!f)
-            MOE_TRY_GOTO(moe_fail(MOE_ERR_SYSTEM, "fmemopen: %s", strerror(errno)), st, done);
-        st = moe_config_write_yaml(cfg, f);
-        fclose(f);
-        MOE_TRY_GOTO(st, st, done);
-        moe_ckpt_meta meta = {.step = step, .data_next_sequence = next_seq};
-        MOE_TRY_GOTO(moe_ckpt_save(root, &meta, l.t, l.n, yaml, cfg->keep_checkpoints), st, done);
-        moe_info("saved checkpoint at step %ld in %s", step, root);
+    uint8_t *index = NULL, *all = NULL;
+    size_t len = 0, *lens = NULL, *displs = NULL;
+    char tmp[TEXT_CAP] = "";
+    moe_status st = moments_get(tr, &mo);
+    if (st == MOE_OK && moe_trainer_distopt(tr)) /* collective: every rank, before any can fail alone */
+        st = moe_distopt_gather_moments(moe_trainer_distopt(tr), mo.m, mo.v);
+    if (st == MOE_OK)
+        st = build(tr, &mo, 1, &l);
+    if (st == MOE_OK)
+        st = moe_alloc((void **)&lens, sizeof *lens * (size_t)P, "checkpoint index sizes");
+    if (st == MOE_OK)
+        st = moe_alloc((void **)&displs, sizeof *displs * (size_t)P, "checkpoint index offsets");
+    MOE_TRY_GOTO(all_ok(w, st), st, done);
+
+    MOE_TRY_GOTO(prepare(w, root, step, tmp, sizeof tmp), st, done);
+    st = all_ok(w, moe_ckpt_write_shard(tmp, (uint32_t)me, l.p, l.n, &index, &len));
+    if (st == MOE_OK && w)
+        st = all_ok(w, gather_indexes(w, index, len, &all, lens, displs));
+    else if (st == MOE_OK) {
+        all = index;
+        index = NULL;
+        lens[0] = len;
+        displs[0] = 0;
     }
+    if (st != MOE_OK) {
+        if (me == 0)
+            moe_ckpt_discard(tmp);
+        moe_trace_frame(__FILE__, __LINE__);
+        goto done;
+    }
+    /* Every shard is written and synced: rank 0 publishes the step. */
+    if (me == 0)
+        st = commit(tr, cfg, root, tmp, step, next_seq, all, lens, displs);
+    MOE_TRY_GOTO(all_ok(w, st), st, done);
+    if (me == 0)
+        moe_info("saved checkpoint at step %ld in %s (%d rank%s)", step, root, P, P > 1 ? "s" : "");
 done:
-    moe_free(local);
+    moe_free(index);
+    moe_free(all);
+    moe_free(lens);
+    moe_free(displs);
     list_free(&l);
     moments_free(&mo);
     return st;
 }
 
+/* ---- load -------------------------------------------------------------------- */
+
 moe_status moe_train_load(moe_trainer *tr, const char *path, long *step, uint64_t *next_seq,
                           char *loaded_dir, size_t cap)
 {
-    ckpt_list l = {0};
+    moe_comm *w = world_of(tr);
+    part_list l = {0};
     moments mo = {0};
-    float **local = NULL;
-    moe_status st = MOE_OK;
     moe_ckpt_meta meta;
-    MOE_TRY_GOTO(moments_get(tr, &mo), st, done);
-    MOE_TRY_GOTO(build(tr, &mo, &l), st, done);
-    MOE_TRY_GOTO(local_pointers(tr, &mo, &l, &local), st, done);
-    MOE_TRY_GOTO(moe_ckpt_load_path(path, &meta, l.t, l.n, loaded_dir, cap), st, done);
-    scatter_experts(tr, &l, local);
+    moe_status st = moments_get(tr, &mo);
+    if (st == MOE_OK)
+        st = build(tr, &mo, 0, &l);
+    MOE_TRY_GOTO(all_ok(w, st), st, done);
+    moe_ckpt_group g = {.rank = rank_of(w), .size = size_of(w), .agree = agree_cb, .ctx = w};
+    MOE_TRY_GOTO(moe_ckpt_load_parts(path, &meta, l.p, l.n, w ? &g : NULL, loaded_dir, cap), st, done);
     if (moe_trainer_distopt(tr))
         moe_distopt_load_moments(moe_trainer_distopt(tr), mo.m, mo.v);
     *step = meta.step;
     *next_seq = meta.data_next_sequence;
     moe_trainer_optimizer(tr)->step = meta.step;
 done:
-    moe_free(local);
     list_free(&l);
     moments_free(&mo);
     return st;

@@ -4,11 +4,28 @@
 **
 ** A checkpoint holds every parameter ("model.<name>"), both AdamW moments
 ** ("optim.m.<name>", "optim.v.<name>") and the expert bias
-** ("state.expert_bias"), each with its GLOBAL shape. Under expert
-** parallelism the expert tensors are gathered over the ep group (in expert
-** order) and world rank 0 writes; on load every rank reads the checkpoint and
-** keeps its own experts. So a checkpoint saved under one layout loads under
-** another with the same model.
+** ("state.expert_bias"), each described with its GLOBAL shape. It is
+** sharded: each owner rank writes its part into its own shard file and the
+** manifest records how every tensor is cut (runtime/base/checkpoint.h).
+** Owners: world rank 0 writes every non-expert tensor and the state; an
+** expert tensor (E_local, ...) on a rank is rows [first, first + E_local) of
+** the global (E, ...) one, written by the ranks whose edp rank is 0 (one per
+** ep rank; without an ep group, world rank 0 writes it whole).
+**
+** Save is collective over the world (every rank calls it): rank 0 prepares
+** the temporary step directory, the owners write their shards, the shard
+** indexes are gathered to rank 0, which writes the manifest and renames the
+** directory into place. Any rank's failure fails the save on every rank
+** (with that rank's message) and leaves no step directory behind.
+**
+** Load is collective too: every rank reads only the rows it holds, from
+** whichever shards hold them, so a checkpoint saved under one layout loads
+** under another (1 rank <-> EP 2 x DP 4, ...). The shard files' whole-file
+** checks are spread over the ranks, and the ranks agree on every verdict: a
+** corrupt or truncated step is skipped by all of them together (falling back
+** to the previous one), a model mismatch stops all of them.
+**
+** ROOT must be one directory that every rank sees (a shared file system).
 */
 #ifndef MOE_TRAIN_CKPT_H
 #define MOE_TRAIN_CKPT_H

@@ -333,12 +333,6 @@ static moe_status check_trailer(const char *path, const uint8_t *buf, size_t n)
     return MOE_OK;
 }
 
-static int cmp_entry_name(const void *a, const void *b)
-{
-    const Moe__TensorEntry *x = *(const Moe__TensorEntry *const *)a, *y = *(const Moe__TensorEntry *const *)b;
-    return strcmp(x->name, y->name);
-}
-
 static int cmp_entry_place(const void *a, const void *b)
 {
     const Moe__TensorEntry *x = *(const Moe__TensorEntry *const *)a, *y = *(const Moe__TensorEntry *const *)b;
@@ -406,20 +400,102 @@ static moe_status check_entry(const char *path, const Moe__CheckpointManifest *m
     return MOE_OK;
 }
 
-/* Names unique and byte ranges disjoint: both need a sorted view. */
+/* An entry's dim-0 slice: rows [o, o + l) of g (a scalar is one row). */
+static void entry_rows(const Moe__TensorEntry *e, int64_t *o, int64_t *l, int64_t *g)
+{
+    int nd = e->n_global_shape > 0;
+    *o = nd ? e->local_offset[0] : 0;
+    *l = nd ? e->local_shape[0] : 1;
+    *g = nd ? e->global_shape[0] : 1;
+}
+
+/* By name, then by where the slice starts: each tensor's slices in row order. */
+static int cmp_entry_rows(const void *a, const void *b)
+{
+    const Moe__TensorEntry *x = *(const Moe__TensorEntry *const *)a, *y = *(const Moe__TensorEntry *const *)b;
+    int c = strcmp(x->name, y->name);
+    if (c != 0)
+        return c;
+    int64_t ox, lx, gx, oy, ly, gy;
+    entry_rows(x, &ox, &lx, &gx);
+    entry_rows(y, &oy, &ly, &gy);
+    return (ox > oy) - (ox < oy);
+}
+
+static int same_global(const Moe__TensorEntry *a, const Moe__TensorEntry *b)
+{
+    if (a->n_global_shape != b->n_global_shape || strcmp(a->dtype, b->dtype) != 0)
+        return 0;
+    for (size_t d = 0; d < a->n_global_shape; d++)
+        if (a->global_shape[d] != b->global_shape[d])
+            return 0;
+    return 1;
+}
+
+/* The slices of one tensor, v[0..k) in row order: cut along dim 0 only, one
+** global shape, and together every row exactly once. */
+static moe_status check_tensor_cover(const char *path, const Moe__TensorEntry *const *v, size_t k)
+{
+    const char *name = v[0]->name;
+    int64_t expect = 0, o, l, g;
+    for (size_t i = 0; i < k; i++) {
+        const Moe__TensorEntry *e = v[i];
+        if (!same_global(e, v[0])) {
+            char a[160], b[160];
+            fmt_shape(a, sizeof a, v[0]->global_shape, v[0]->n_global_shape);
+            fmt_shape(b, sizeof b, e->global_shape, e->n_global_shape);
+            return moe_fail(MOE_ERR_INPUT, "%s: tensor %s has slices of different global shapes (%s %s, %s %s)", path,
+                            name, v[0]->dtype, a, e->dtype, b);
+        }
+        for (size_t d = 1; d < e->n_global_shape; d++)
+            if (e->local_offset[d] != 0 || e->local_shape[d] != e->global_shape[d])
+                return moe_fail(MOE_ERR_INPUT, "%s: tensor %s is cut along dim %zu; this build reads only tensors "
+                                "cut along dim 0", path, name, d);
+        entry_rows(e, &o, &l, &g);
+        if (i > 0 && o == expect - l && l == 0)
+            return moe_fail(MOE_ERR_INPUT, "%s: tensor %s is listed twice", path, name);
+        if (o < expect)
+            return moe_fail(MOE_ERR_INPUT, "%s: tensor %s is listed twice (slices overlap at row %" PRId64 ")",
+                            path, name, o);
+        if (o > expect)
+            break;
+        if (l == 0 && g > 0)
+            return moe_fail(MOE_ERR_INPUT, "%s: tensor %s has an empty slice", path, name);
+        expect = o + l;
+    }
+    entry_rows(v[0], &o, &l, &g);
+    if (expect != g) {
+        int64_t end = g;
+        for (size_t i = 0; i < k; i++) {
+            int64_t oi, li, gi;
+            entry_rows(v[i], &oi, &li, &gi);
+            if (oi > expect && oi < end)
+                end = oi;
+        }
+        return moe_fail(MOE_ERR_INPUT, "%s: tensor %s: rows [%" PRId64 ", %" PRId64 ") of %" PRId64
+                        " are in no shard (its slices do not cover it)", path, name, expect, end, g);
+    }
+    return MOE_OK;
+}
+
+/* Every tensor covered exactly once, and byte ranges disjoint: both need a sorted view. */
 static moe_status check_entry_set(const char *path, const Moe__CheckpointManifest *m)
 {
     size_t n = m->n_tensors;
-    if (n < 2)
+    if (n == 0)
         return MOE_OK;
     const Moe__TensorEntry **v = NULL;
     MOE_TRY(moe_alloc((void **)&v, sizeof *v * n, "manifest check"));
     memcpy(v, m->tensors, sizeof *v * n);
     moe_status st = MOE_OK;
-    qsort(v, n, sizeof *v, cmp_entry_name);
-    for (size_t i = 1; i < n && st == MOE_OK; i++)
-        if (strcmp(v[i - 1]->name, v[i]->name) == 0)
-            st = moe_fail(MOE_ERR_INPUT, "%s: tensor %s is listed twice", path, v[i]->name);
+    qsort(v, n, sizeof *v, cmp_entry_rows);
+    for (size_t i = 0; i < n && st == MOE_OK;) {
+        size_t j = i + 1;
+        while (j < n && strcmp(v[j]->name, v[i]->name) == 0)
+            j++;
+        st = check_tensor_cover(path, v + i, j - i);
+        i = j;
+    }
     qsort(v, n, sizeof *v, cmp_entry_place);
     for (size_t i = 1; i < n && st == MOE_OK; i++) {
         const Moe__TensorEntry *a = v[i - 1], *b = v[i];
@@ -621,7 +697,9 @@ static int verify_shard(shard_check *c, const char *dir, uint8_t *buf)
     return hash_ok && c->bad_tensors == 0 && c->st == MOE_OK;
 }
 
-moe_status moe_ckpt_verify(const char *dir, const Moe__CheckpointManifest *m, int *shard_ok, int *tensor_ok)
+/* Checks the shards s with s % nsel == sel (all of them: 0, 1). */
+static moe_status verify_shards(const char *dir, const Moe__CheckpointManifest *m, int *shard_ok, int *tensor_ok,
+                                int sel, int nsel)
 {
     size_t nt = m->n_tensors;
     placed *v = NULL;
@@ -652,12 +730,14 @@ moe_status moe_ckpt_verify(const char *dir, const Moe__CheckpointManifest *m, in
         size_t hi = lo;
         while (hi < nv && v[hi].e->shard == s)
             hi++;
-        shard_check c = {.sh = m->shards[s], .v = v + lo, .nv = hi - lo, .tensor_ok = tensor_ok, .st = MOE_OK};
-        int ok = verify_shard(&c, dir, buf);
-        if (shard_ok)
-            shard_ok[s] = ok;
-        if (first == MOE_OK)
-            first = c.st;
+        if ((int)(s % (size_t)nsel) == sel) {
+            shard_check c = {.sh = m->shards[s], .v = v + lo, .nv = hi - lo, .tensor_ok = tensor_ok, .st = MOE_OK};
+            int ok = verify_shard(&c, dir, buf);
+            if (shard_ok)
+                shard_ok[s] = ok;
+            if (first == MOE_OK)
+                first = c.st;
+        }
         lo = hi;
     }
     st = first;
@@ -667,13 +747,57 @@ done:
     return st;
 }
 
+moe_status moe_ckpt_verify(const char *dir, const Moe__CheckpointManifest *m, int *shard_ok, int *tensor_ok)
+{
+    MOE_TRY(verify_shards(dir, m, shard_ok, tensor_ok, 0, 1));
+    return MOE_OK;
+}
+
 /* ------------------------------------------------------------------------- */
 /* save                                                                       */
 
 static const uint8_t zeros[MOE_CKPT_ALIGN];
 
+/* Floats in one dim-0 row of a tensor of shape dims (a scalar: 1). */
+static uint64_t row_elems(const int64_t *dims, int ndim)
+{
+    uint64_t r = 1;
+    for (int d = 1; d < ndim; d++)
+        r *= (uint64_t)dims[d];
+    return r;
+}
+
+/* Checks a part table (the same rules for save and load). */
+static moe_status check_parts(const moe_ckpt_part *p, int n, const char *what)
+{
+    if (n < 0 || (n > 0 && !p))
+        return moe_fail(MOE_ERR_INTERNAL, "%s: bad part table (n = %d)", what, n);
+    for (int i = 0; i < n; i++) {
+        const moe_ckpt_part *x = &p[i];
+        if (!x->name || !x->name[0])
+            return moe_fail(MOE_ERR_INTERNAL, "%s: part %d has no name", what, i);
+        if (x->ndim < 0 || x->ndim > MOE_CKPT_MAX_DIMS)
+            return moe_fail(MOE_ERR_INTERNAL, "%s: tensor %s has ndim %d (0..%d)", what, x->name, x->ndim,
+                            MOE_CKPT_MAX_DIMS);
+        int ok;
+        (void)shape_bytes(x->shape, (size_t)x->ndim, sizeof(float), &ok);
+        int64_t g = x->ndim ? x->shape[0] : 1;
+        char sh[160];
+        fmt_shape(sh, sizeof sh, x->shape, (size_t)x->ndim);
+        if (!ok || x->row_start < 0 || x->rows < 0 || x->row_start > g || x->rows > g - x->row_start)
+            return moe_fail(MOE_ERR_INTERNAL, "%s: tensor %s %s: rows [%" PRId64 ", +%" PRId64 ") do not fit", what,
+                            x->name, sh, x->row_start, x->rows);
+        if ((uint64_t)x->rows * row_elems(x->shape, x->ndim) * sizeof(float) != (uint64_t)x->bytes)
+            return moe_fail(MOE_ERR_INTERNAL, "%s: tensor %s %s: %" PRId64 " rows but %zu bytes", what, x->name, sh,
+                            x->rows, x->bytes);
+        if (x->bytes > 0 && !x->data)
+            return moe_fail(MOE_ERR_INTERNAL, "%s: tensor %s has no data", what, x->name);
+    }
+    return MOE_OK;
+}
+
 /* Writes the shard and fills in each entry's place and checksum. */
-static moe_status write_shard(const char *path, const moe_ckpt_tensor *t, int n, Moe__TensorEntry *e,
+static moe_status write_shard(const char *path, const moe_ckpt_part *t, int n, Moe__TensorEntry *e,
                               Moe__ShardFile *sh)
 {
     FILE *f = fopen(path, "wbe");
@@ -711,9 +835,15 @@ fail:
     return st;
 }
 
-/* Writes the whole step (shard, manifest) into the empty directory dir. */
-static moe_status write_step(const char *dir, const moe_ckpt_meta *meta, const moe_ckpt_tensor *t, int n,
-                             const char *config_yaml)
+static void shard_file_name(char *out, size_t cap, uint32_t rank)
+{
+    snprintf(out, cap, "shard-%05" PRIu32 ".bin", rank);
+}
+
+/* The shard file and its index, for any n (0: an empty file, as a
+** single-process save of no tensors has always written). */
+static moe_status shard_out(const char *tmp_dir, uint32_t rank, const moe_ckpt_part *p, int n, uint8_t **index,
+                            size_t *len)
 {
     Moe__TensorEntry *e = NULL, **ep = NULL;
     int64_t *dims = NULL;
@@ -721,52 +851,70 @@ static moe_status write_step(const char *dir, const moe_ckpt_meta *meta, const m
     size_t cnt = n > 0 ? (size_t)n : 1;
     MOE_TRY_GOTO(moe_alloc((void **)&e, sizeof *e * cnt, "checkpoint entries"), st, done);
     MOE_TRY_GOTO(moe_alloc((void **)&ep, sizeof *ep * cnt, "checkpoint entries"), st, done);
-    MOE_TRY_GOTO(moe_alloc((void **)&dims, sizeof *dims * cnt * 2 * MOE_CKPT_MAX_DIMS, "checkpoint shapes"), st,
+    MOE_TRY_GOTO(moe_alloc((void **)&dims, sizeof *dims * cnt * 3 * MOE_CKPT_MAX_DIMS, "checkpoint shapes"), st,
                  done);
     for (int i = 0; i < n; i++) {
-        int64_t *shape = dims + (size_t)i * 2 * MOE_CKPT_MAX_DIMS, *offset = shape + MOE_CKPT_MAX_DIMS;
-        size_t nd = (size_t)t[i].ndim;
-        memcpy(shape, t[i].shape, sizeof *shape * nd);
+        int64_t *global = dims + (size_t)i * 3 * MOE_CKPT_MAX_DIMS, *local = global + MOE_CKPT_MAX_DIMS,
+                *offset = local + MOE_CKPT_MAX_DIMS; /* offsets zeroed by moe_alloc */
+        size_t nd = (size_t)p[i].ndim;
+        memcpy(global, p[i].shape, sizeof *global * nd);
+        memcpy(local, p[i].shape, sizeof *local * nd);
+        if (nd > 0) {
+            local[0] = p[i].rows;
+            offset[0] = p[i].row_start;
+        }
         moe__tensor_entry__init(&e[i]);
-        /* One process holds every tensor whole: local == global, offset 0. */
-        e[i].name = (char *)t[i].name;
+        e[i].name = (char *)p[i].name;
         e[i].dtype = "f32";
         e[i].n_global_shape = e[i].n_local_shape = e[i].n_local_offset = nd;
-        e[i].global_shape = e[i].local_shape = shape;
-        e[i].local_offset = offset; /* zeroed by moe_alloc */
+        e[i].global_shape = global;
+        e[i].local_shape = local;
+        e[i].local_offset = offset;
         e[i].shard = 0;
         ep[i] = &e[i];
     }
-    char path[CKPT_PATH], shard_name[32];
-    snprintf(shard_name, sizeof shard_name, "shard-%05d.bin", 0);
-    MOE_TRY_GOTO(join(path, sizeof path, dir, shard_name), st, done);
+    char path[CKPT_PATH], name[32];
+    shard_file_name(name, sizeof name, rank);
+    MOE_TRY_GOTO(join(path, sizeof path, tmp_dir, name), st, done);
     Moe__ShardFile sh = MOE__SHARD_FILE__INIT, *shp = &sh;
-    sh.file = shard_name;
-    sh.rank = 0;
-    MOE_TRY_GOTO(write_shard(path, t, n, e, &sh), st, done);
-
-    uint64_t rng[4];
-    memcpy(rng, meta->rng_state, sizeof rng);
+    sh.file = name;
+    sh.rank = rank;
+    MOE_TRY_GOTO(write_shard(path, p, n, e, &sh), st, done);
+    /* The index is a manifest holding just this shard (as shard 0) and its slices. */
     Moe__CheckpointManifest m = MOE__CHECKPOINT_MANIFEST__INIT;
-    m.format_version = MOE_CKPT_FORMAT_VERSION;
-    m.step = meta->step;
-    m.data_next_sequence = meta->data_next_sequence;
-    m.n_rng_state = 4;
-    m.rng_state = rng;
-    m.config_yaml = (char *)(config_yaml ? config_yaml : "");
-    m.world_size = 1;
     m.n_tensors = (size_t)n;
     m.tensors = ep;
     m.n_shards = 1;
     m.shards = &shp;
-    m.created_by = CREATED_BY;
-    MOE_TRY_GOTO(moe_ckpt_write_manifest(dir, &m), st, done);
-    MOE_TRY_GOTO(fsync_dir(dir), st, done);
+    size_t bytes = moe__checkpoint_manifest__get_packed_size(&m);
+    MOE_TRY_GOTO(moe_alloc((void **)index, bytes ? bytes : 1, "checkpoint shard index"), st, done);
+    if (moe__checkpoint_manifest__pack(&m, *index) != bytes) {
+        st = moe_fail(MOE_ERR_INTERNAL, "%s: protobuf-c packed a different size than it announced", path);
+        goto done;
+    }
+    *len = bytes;
 done:
+    if (st != MOE_OK) {
+        moe_free(*index);
+        *index = NULL;
+        *len = 0;
+    }
     moe_free(e);
     moe_free(ep);
     moe_free(dims);
     return st;
+}
+
+moe_status moe_ckpt_write_shard(const char *tmp_dir, uint32_t rank, const moe_ckpt_part *p, int n, uint8_t **index,
+                                size_t *len)
+{
+    *index = NULL;
+    *len = 0;
+    MOE_TRY(check_parts(p, n, "checkpoint save"));
+    if (n == 0)
+        return MOE_OK;
+    MOE_TRY(shard_out(tmp_dir, rank, p, n, index, len));
+    return MOE_OK;
 }
 
 /* The new step is in place: failing to delete the old one must not fail the
@@ -974,6 +1122,148 @@ static void apply_retention(const char *root, const char *saved, int keep)
     moe_free(v);
 }
 
+moe_status moe_ckpt_prepare(const char *root, int64_t step, char *tmp_dir, size_t cap)
+{
+    if (!root || !root[0])
+        return moe_fail(MOE_ERR_USAGE, "checkpoint save: no directory given");
+    if (step < 0)
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint save: bad step");
+    MOE_TRY(make_dirs(root));
+    clean_leftovers(root);
+    char name[32], tmpname[96], tmp[CKPT_PATH];
+    step_name(name, sizeof name, step);
+    snprintf(tmpname, sizeof tmpname, ".tmp-%s-%ld", name, (long)getpid());
+    MOE_TRY(join(tmp, sizeof tmp, root, tmpname));
+    MOE_TRY(rm_tree(tmp));
+    if (mkdir(tmp, 0755) != 0)
+        return moe_fail(MOE_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    int k = snprintf(tmp_dir, cap, "%s", tmp);
+    if (k < 0 || (size_t)k >= cap) {
+        moe_ckpt_discard(tmp);
+        return moe_fail(MOE_ERR_INTERNAL, "tmp_dir buffer (%zu bytes) too small for %s", cap, tmp);
+    }
+    return MOE_OK;
+}
+
+void moe_ckpt_discard(const char *tmp_dir)
+{
+    if (tmp_dir && tmp_dir[0] && rm_tree(tmp_dir) != MOE_OK) {
+        moe_warn("%s", moe_errmsg());
+        moe_error_clear();
+    }
+}
+
+/* The writers' indexes, unpacked, as one manifest (pointing into them). */
+typedef struct {
+    Moe__CheckpointManifest **part;
+    Moe__TensorEntry **tensors;
+    Moe__ShardFile **shards;
+    int nparts;
+} merged;
+
+static void merged_free(merged *g)
+{
+    for (int i = 0; g->part && i < g->nparts; i++)
+        if (g->part[i])
+            moe__checkpoint_manifest__free_unpacked(g->part[i], NULL);
+    moe_free(g->part);
+    moe_free(g->tensors);
+    moe_free(g->shards);
+    memset(g, 0, sizeof *g);
+}
+
+static moe_status merge_indexes(const char *dir, const uint8_t *const *index, const size_t *len, int nindex,
+                                merged *g, Moe__CheckpointManifest *m)
+{
+    memset(g, 0, sizeof *g);
+    size_t cnt = nindex > 0 ? (size_t)nindex : 1;
+    MOE_TRY(moe_alloc((void **)&g->part, sizeof *g->part * cnt, "checkpoint indexes"));
+    g->nparts = nindex;
+    size_t nt = 0, ns = 0;
+    for (int i = 0; i < nindex; i++) {
+        if (len[i] == 0)
+            continue;
+        g->part[i] = moe__checkpoint_manifest__unpack(NULL, len[i], index[i]);
+        if (!g->part[i] || g->part[i]->n_shards != 1)
+            return moe_fail(MOE_ERR_INTERNAL, "%s: shard index %d (%zu bytes) is not one from moe_ckpt_write_shard",
+                            dir, i, len[i]);
+        nt += g->part[i]->n_tensors;
+        ns++;
+    }
+    MOE_TRY(moe_alloc((void **)&g->tensors, sizeof *g->tensors * (nt ? nt : 1), "checkpoint entries"));
+    MOE_TRY(moe_alloc((void **)&g->shards, sizeof *g->shards * (ns ? ns : 1), "checkpoint shards"));
+    nt = ns = 0;
+    for (int i = 0; i < nindex; i++) {
+        Moe__CheckpointManifest *p = g->part[i];
+        if (!p)
+            continue;
+        for (size_t k = 0; k < p->n_tensors; k++) {
+            p->tensors[k]->shard = (uint32_t)ns;
+            g->tensors[nt++] = p->tensors[k];
+        }
+        g->shards[ns++] = p->shards[0];
+    }
+    m->n_tensors = nt;
+    m->tensors = g->tensors;
+    m->n_shards = ns;
+    m->shards = g->shards;
+    return MOE_OK;
+}
+
+/* Writes the manifest of the shards already in dir, after checking it. */
+static moe_status write_merged_manifest(const char *dir, const moe_ckpt_meta *meta, const char *config_yaml,
+                                        const char *layout, uint32_t world_size, const uint8_t *const *index,
+                                        const size_t *len, int nindex)
+{
+    merged g;
+    uint64_t rng[4];
+    memcpy(rng, meta->rng_state, sizeof rng);
+    Moe__CheckpointManifest m = MOE__CHECKPOINT_MANIFEST__INIT;
+    m.format_version = MOE_CKPT_FORMAT_VERSION;
+    m.step = meta->step;
+    m.data_next_sequence = meta->data_next_sequence;
+    m.n_rng_state = 4;
+    m.rng_state = rng;
+    m.config_yaml = (char *)(config_yaml ? config_yaml : "");
+    m.layout = (char *)(layout ? layout : "");
+    m.world_size = world_size;
+    m.created_by = CREATED_BY;
+    moe_status st = MOE_OK;
+    char path[CKPT_PATH];
+    MOE_TRY_GOTO(merge_indexes(dir, index, len, nindex, &g, &m), st, done);
+    MOE_TRY_GOTO(join(path, sizeof path, dir, MANIFEST_NAME), st, done);
+    MOE_TRY_GOTO(check_manifest(path, &m), st, done);
+    MOE_TRY_GOTO(moe_ckpt_write_manifest(dir, &m), st, done);
+    MOE_TRY_GOTO(fsync_dir(dir), st, done);
+done:
+    merged_free(&g);
+    return st;
+}
+
+moe_status moe_ckpt_commit(const char *root, const char *tmp_dir, const moe_ckpt_meta *meta, const char *config_yaml,
+                           const char *layout, uint32_t world_size, const uint8_t *const *index, const size_t *len,
+                           int nindex, int keep)
+{
+    moe_status st = MOE_OK;
+    char name[32], final[CKPT_PATH];
+    if (!meta || meta->step < 0) {
+        st = moe_fail(MOE_ERR_INTERNAL, "checkpoint save: bad step");
+        goto fail;
+    }
+    step_name(name, sizeof name, meta->step);
+    MOE_TRY_GOTO(join(final, sizeof final, root, name), st, fail);
+    MOE_TRY_GOTO(write_merged_manifest(tmp_dir, meta, config_yaml, layout, world_size, index, len, nindex), st, fail);
+    MOE_TRY_GOTO(publish(root, tmp_dir, final, name), st, fail);
+    if (keep > 0)
+        apply_retention(root, name, keep);
+    return MOE_OK;
+fail:
+    moe_trace_frame(__FILE__, __LINE__);
+    if (rm_tree(tmp_dir) != MOE_OK) /* the first failure's message is kept */
+        moe_trace_frame(__FILE__, __LINE__);
+    return st;
+}
+
 moe_status moe_ckpt_save(const char *root, const moe_ckpt_meta *meta, const moe_ckpt_tensor *t, int n,
                          const char *config_yaml, int keep)
 {
@@ -982,185 +1272,351 @@ moe_status moe_ckpt_save(const char *root, const moe_ckpt_meta *meta, const moe_
     if (!meta || meta->step < 0)
         return moe_fail(MOE_ERR_INTERNAL, "checkpoint save: bad step");
     MOE_TRY(check_tensors(t, n, "checkpoint save"));
-    MOE_TRY(make_dirs(root));
-    clean_leftovers(root);
-
-    char name[32], tmpname[96], tmp[CKPT_PATH], final[CKPT_PATH];
-    step_name(name, sizeof name, meta->step);
-    snprintf(tmpname, sizeof tmpname, ".tmp-%s-%ld", name, (long)getpid());
-    MOE_TRY(join(tmp, sizeof tmp, root, tmpname));
-    MOE_TRY(join(final, sizeof final, root, name));
-    MOE_TRY(rm_tree(tmp));
-    if (mkdir(tmp, 0755) != 0)
-        return moe_fail(MOE_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    moe_status st = write_step(tmp, meta, t, n, config_yaml);
-    if (st == MOE_OK)
-        st = publish(root, tmp, final, name);
+    moe_ckpt_part *p = NULL;
+    uint8_t *index = NULL;
+    size_t len = 0;
+    char tmp[CKPT_PATH];
+    moe_status st = MOE_OK;
+    MOE_TRY(moe_alloc((void **)&p, sizeof *p * (n > 0 ? (size_t)n : 1), "checkpoint parts"));
+    for (int i = 0; i < n; i++)
+        p[i] = (moe_ckpt_part){.name = t[i].name, .ndim = t[i].ndim, .row_start = 0,
+                               .rows = t[i].ndim ? t[i].shape[0] : 1, .data = t[i].data, .bytes = t[i].bytes};
+    for (int i = 0; i < n; i++)
+        memcpy(p[i].shape, t[i].shape, sizeof p[i].shape);
+    MOE_TRY_GOTO(moe_ckpt_prepare(root, meta->step, tmp, sizeof tmp), st, done);
+    st = shard_out(tmp, 0, p, n, &index, &len); /* check_tensors covered what check_parts would */
     if (st != MOE_OK) {
         moe_trace_frame(__FILE__, __LINE__);
-        if (rm_tree(tmp) != MOE_OK) /* the first failure's message is kept */
-            moe_trace_frame(__FILE__, __LINE__);
-        return st;
+        moe_ckpt_discard(tmp);
+        goto done;
     }
-    if (keep > 0)
-        apply_retention(root, name, keep);
-    return MOE_OK;
+    const uint8_t *idx[1] = {index};
+    MOE_TRY_GOTO(moe_ckpt_commit(root, tmp, meta, config_yaml, NULL, 1, idx, &len, 1, keep), st, done);
+done:
+    moe_free(index);
+    moe_free(p);
+    return st;
 }
 
 /* ------------------------------------------------------------------------- */
 /* load                                                                       */
 
-static const Moe__TensorEntry *find_entry(const Moe__TensorEntry **sorted, size_t n, const char *name)
+/* A manifest's entries by name, then row: each tensor's slices side by side. */
+typedef struct {
+    const char *dir;
+    const Moe__CheckpointManifest *m;
+    const Moe__TensorEntry **v;
+    size_t n;
+} view;
+
+static moe_status view_init(view *w, const char *dir, const Moe__CheckpointManifest *m)
 {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(sorted[mid]->name, name);
-        if (c == 0)
-            return sorted[mid];
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    w->dir = dir;
+    w->m = m;
+    w->n = m->n_tensors;
+    w->v = NULL;
+    MOE_TRY(moe_alloc((void **)&w->v, sizeof *w->v * (w->n ? w->n : 1), "checkpoint index"));
+    if (w->n > 0) {
+        memcpy(w->v, m->tensors, sizeof *w->v * w->n);
+        qsort(w->v, w->n, sizeof *w->v, cmp_entry_rows);
     }
-    return NULL;
+    return MOE_OK;
 }
 
-static int entry_is_whole(const Moe__TensorEntry *e)
+static void view_free(view *w)
 {
-    for (size_t d = 0; d < e->n_global_shape; d++)
-        if (e->local_shape[d] != e->global_shape[d] || e->local_offset[d] != 0)
-            return 0;
-    return 1;
+    moe_free(w->v);
+    w->v = NULL;
 }
 
-/* Names and shapes of the model against the manifest; map[i] = t[i]'s entry. */
-static moe_status match_tensors(const char *dir, const Moe__CheckpointManifest *m, const moe_ckpt_tensor *t, int n,
-                                const Moe__TensorEntry **map)
+/* The slices of tensor name are v[*lo, *hi); 0 when there are none. */
+static int view_find(const view *w, const char *name, size_t *lo, size_t *hi)
 {
-    size_t ne = m->n_tensors;
-    const Moe__TensorEntry **sorted = NULL;
+    size_t a = 0, b = w->n;
+    while (a < b) {
+        size_t mid = a + (b - a) / 2;
+        if (strcmp(w->v[mid]->name, name) < 0)
+            a = mid + 1;
+        else
+            b = mid;
+    }
+    *lo = *hi = a;
+    while (*hi < w->n && strcmp(w->v[*hi]->name, name) == 0)
+        (*hi)++;
+    return *hi > *lo;
+}
+
+static int part_overlaps(const Moe__TensorEntry *e, const moe_ckpt_part *p)
+{
+    int64_t o, l, g;
+    entry_rows(e, &o, &l, &g);
+    return o < p->row_start + p->rows && p->row_start < o + l;
+}
+
+/* Names and shapes of the caller's parts against the manifest: every part
+** names a tensor of its global shape, every tensor is asked for. */
+static moe_status match_parts(const view *w, const moe_ckpt_part *p, int n)
+{
     char *used = NULL;
     moe_status st = MOE_OK;
-    MOE_TRY_GOTO(moe_alloc((void **)&sorted, sizeof *sorted * (ne ? ne : 1), "checkpoint match"), st, done);
-    MOE_TRY_GOTO(moe_alloc((void **)&used, ne ? ne : 1, "checkpoint match"), st, done);
-    memcpy(sorted, m->tensors, sizeof *sorted * ne);
-    qsort(sorted, ne, sizeof *sorted, cmp_entry_name);
+    MOE_TRY(moe_alloc((void **)&used, w->n ? w->n : 1, "checkpoint match"));
     for (int i = 0; i < n; i++) {
         char ms[160], cs[160];
-        fmt_shape(ms, sizeof ms, t[i].shape, (size_t)t[i].ndim);
-        const Moe__TensorEntry *e = find_entry(sorted, ne, t[i].name);
-        if (!e) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has no such tensor, model has %s (in %s)", t[i].name,
-                          ms, dir);
+        size_t lo, hi;
+        fmt_shape(ms, sizeof ms, p[i].shape, (size_t)p[i].ndim);
+        if (!view_find(w, p[i].name, &lo, &hi)) {
+            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has no such tensor, model has %s (in %s)", p[i].name, ms,
+                          w->dir);
             goto done;
         }
+        const Moe__TensorEntry *e = w->v[lo];
         fmt_shape(cs, sizeof cs, e->global_shape, e->n_global_shape);
-        int same = e->n_global_shape == (size_t)t[i].ndim;
-        for (int d = 0; same && d < t[i].ndim; d++)
-            same = e->global_shape[d] == t[i].shape[d];
+        int same = e->n_global_shape == (size_t)p[i].ndim;
+        for (int d = 0; same && d < p[i].ndim; d++)
+            same = e->global_shape[d] == p[i].shape[d];
         if (!same) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has %s (in %s)", t[i].name, cs, ms, dir);
+            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has %s (in %s)", p[i].name, cs, ms, w->dir);
             goto done;
         }
         if (strcmp(e->dtype, "f32") != 0) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint stores %s, the model needs f32 (in %s)", t[i].name, e->dtype,
-                          dir);
+            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint stores %s, the model needs f32 (in %s)", p[i].name, e->dtype,
+                          w->dir);
             goto done;
         }
-        if (m->world_size != 1 || !entry_is_whole(e)) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: the checkpoint in %s holds this tensor split across %u ranks; this "
-                          "build loads only whole (world_size 1) checkpoints", t[i].name, dir, m->world_size);
-            goto done;
-        }
-        map[i] = e;
+        memset(used + lo, 1, hi - lo);
     }
-    /* Every entry the model did not ask for is an extra tensor. */
-    for (int i = 0; i < n; i++) {
-        const Moe__TensorEntry **slot = bsearch(&map[i], sorted, ne, sizeof *sorted, cmp_entry_name);
-        used[slot - sorted] = 1;
-    }
-    for (size_t k = 0; k < ne; k++)
+    for (size_t k = 0; k < w->n; k++)
         if (!used[k]) {
             char cs[160];
-            fmt_shape(cs, sizeof cs, sorted[k]->global_shape, sorted[k]->n_global_shape);
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has no such tensor (in %s)", sorted[k]->name,
-                          cs, dir);
+            fmt_shape(cs, sizeof cs, w->v[k]->global_shape, w->v[k]->n_global_shape);
+            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has no such tensor (in %s)", w->v[k]->name, cs,
+                          w->dir);
             goto done;
         }
 done:
-    moe_free(sorted);
     moe_free(used);
     return st;
 }
 
-/* Everything has been verified; copy into the caller's buffers, re-hashing so
-** a file changed between the check and the copy is still caught. */
-static moe_status read_tensors(const char *dir, const Moe__CheckpointManifest *m, moe_ckpt_tensor *t, int n,
-                               const Moe__TensorEntry **map)
+/* XXH64 of an entry's bytes in f, read in chunks through buf (IO_CHUNK). */
+static moe_status hash_entry(FILE *f, const char *path, const Moe__TensorEntry *e, uint8_t *buf, uint64_t *h)
 {
-    for (size_t s = 0; s < m->n_shards; s++) {
-        char path[CKPT_PATH];
-        MOE_TRY(join(path, sizeof path, dir, m->shards[s]->file));
+    if (fseeko(f, (off_t)e->byte_offset, SEEK_SET) != 0)
+        return moe_fail(MOE_ERR_IO, "seek %s: %s", path, strerror(errno));
+    XXH64_state_t *s = XXH64_createState();
+    if (!s)
+        return moe_fail(MOE_ERR_NOMEM, "out of memory for a hash state");
+    XXH64_reset(s, 0);
+    moe_status st = MOE_OK;
+    for (uint64_t done = 0; done < e->byte_size && st == MOE_OK;) {
+        size_t len = (size_t)(e->byte_size - done < IO_CHUNK ? e->byte_size - done : IO_CHUNK);
+        st = read_exact(f, path, buf, len);
+        XXH64_update(s, buf, len);
+        done += len;
+    }
+    *h = XXH64_digest(s);
+    XXH64_freeState(s);
+    return st;
+}
+
+/* Every slice the parts read from: its shard has the recorded size and the
+** slice its checksum. Each shard is opened once. */
+static moe_status check_touched(const view *w, const moe_ckpt_part *p, int n)
+{
+    const Moe__CheckpointManifest *m = w->m;
+    char *need = NULL;
+    uint8_t *buf = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRY_GOTO(moe_alloc((void **)&need, w->n ? w->n : 1, "checkpoint check"), st, done);
+    for (int i = 0; i < n; i++) {
+        size_t lo, hi;
+        view_find(w, p[i].name, &lo, &hi);
+        for (size_t k = lo; k < hi; k++)
+            need[k] |= w->v[k]->byte_size > 0 && part_overlaps(w->v[k], &p[i]);
+    }
+    MOE_TRY_GOTO(moe_alloc((void **)&buf, IO_CHUNK, "checkpoint read buffer"), st, done);
+    for (size_t s = 0; s < m->n_shards && st == MOE_OK; s++) {
         FILE *f = NULL;
-        moe_status st = MOE_OK;
-        for (int i = 0; i < n; i++) {
-            const Moe__TensorEntry *e = map[i];
-            if (e->shard != s || e->byte_size == 0)
+        char path[CKPT_PATH];
+        for (size_t k = 0; k < w->n && st == MOE_OK; k++) {
+            const Moe__TensorEntry *e = w->v[k];
+            if (!need[k] || e->shard != s)
                 continue;
-            if (!f && !(f = fopen(path, "rbe")))
-                return moe_fail(MOE_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-            if (fseeko(f, (off_t)e->byte_offset, SEEK_SET) != 0) {
-                st = moe_fail(MOE_ERR_IO, "seek %s: %s", path, strerror(errno));
-                break;
+            if (!f) {
+                MOE_TRY_GOTO(join(path, sizeof path, w->dir, m->shards[s]->file), st, done);
+                if (!(f = fopen(path, "rbe"))) {
+                    st = errno == ENOENT ? moe_fail(MOE_ERR_INPUT, "%s: shard file is missing", path)
+                                         : moe_fail(MOE_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+                    break;
+                }
+                struct stat sb;
+                if (fstat(fileno(f), &sb) != 0)
+                    st = moe_fail(MOE_ERR_IO, "stat %s: %s", path, strerror(errno));
+                else if ((uint64_t)sb.st_size != m->shards[s]->size)
+                    st = moe_fail(MOE_ERR_INPUT, "%s: %" PRIu64 " bytes, the manifest says %" PRIu64 " (%s)", path,
+                                  (uint64_t)sb.st_size, m->shards[s]->size,
+                                  (uint64_t)sb.st_size < m->shards[s]->size ? "truncated"
+                                                                            : "overwritten or appended to");
+                if (st != MOE_OK)
+                    break;
             }
-            if ((st = read_exact(f, path, t[i].data, t[i].bytes)) != MOE_OK)
-                break;
-            if (XXH64(t[i].data, t[i].bytes, 0) != e->xxh64) {
-                st = moe_fail(MOE_ERR_IO, "%s: tensor '%s' changed while it was being loaded", path, e->name);
-                break;
-            }
+            uint64_t h = 0;
+            if ((st = hash_entry(f, path, e, buf, &h)) == MOE_OK && h != e->xxh64)
+                st = moe_fail(MOE_ERR_INPUT, "%s: checksum mismatch in tensor '%s' (bytes %" PRIu64 "..%" PRIu64
+                              "): the shard is corrupt", path, e->name, e->byte_offset, e->byte_offset + e->byte_size);
         }
         if (f)
             fclose(f);
+    }
+done:
+    moe_free(need);
+    moe_free(buf);
+    return st;
+}
+
+/* Copies the part's rows out of every slice holding some of them. A slice
+** lying wholly inside the part is read in place, any other through scratch;
+** either way the whole slice is hashed. checked: the slices passed
+** check_touched, so a mismatch now means the file changed under us. */
+static moe_status read_part(const view *w, moe_ckpt_part *p, int checked)
+{
+    size_t lo, hi;
+    view_find(w, p->name, &lo, &hi);
+    uint64_t rb = row_elems(p->shape, p->ndim) * sizeof(float);
+    for (size_t k = lo; k < hi; k++) {
+        const Moe__TensorEntry *e = w->v[k];
+        int64_t o, l, g;
+        entry_rows(e, &o, &l, &g);
+        int64_t a = o > p->row_start ? o : p->row_start;
+        int64_t b = o + l < p->row_start + p->rows ? o + l : p->row_start + p->rows;
+        if (a >= b || e->byte_size == 0)
+            continue;
+        char path[CKPT_PATH];
+        MOE_TRY(join(path, sizeof path, w->dir, w->m->shards[e->shard]->file));
+        int whole = a == o && b == o + l;
+        uint8_t *dst = (uint8_t *)p->data + (uint64_t)(a - p->row_start) * rb, *src = dst;
+        if (!whole)
+            MOE_TRY(moe_alloc((void **)&src, (size_t)e->byte_size, "checkpoint slice"));
+        FILE *f = fopen(path, "rbe");
+        moe_status st = MOE_OK;
+        if (!f)
+            st = errno == ENOENT ? moe_fail(MOE_ERR_INPUT, "%s: shard file is missing", path)
+                                 : moe_fail(MOE_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        else if (fseeko(f, (off_t)e->byte_offset, SEEK_SET) != 0)
+            st = moe_fail(MOE_ERR_IO, "seek %s: %s", path, strerror(errno));
+        else
+            st = read_exact(f, path, src, (size_t)e->byte_size);
+        if (f)
+            fclose(f);
+        if (st == MOE_OK && XXH64(src, (size_t)e->byte_size, 0) != e->xxh64)
+            st = checked ? moe_fail(MOE_ERR_IO, "%s: tensor '%s' changed while it was being loaded", path, e->name)
+                         : moe_fail(MOE_ERR_INPUT, "%s: checksum mismatch in tensor '%s' (bytes %" PRIu64 "..%" PRIu64
+                                    "): the shard is corrupt", path, e->name, e->byte_offset,
+                                    e->byte_offset + e->byte_size);
+        if (st == MOE_OK && !whole)
+            memcpy(dst, src + (uint64_t)(a - o) * rb, (size_t)((uint64_t)(b - a) * rb));
+        if (!whole)
+            moe_free(src);
         MOE_TRY(st);
     }
     return MOE_OK;
 }
 
-/* *mismatch = 1 when the failure is about the model, not the files: no older
-** checkpoint of the same run will do better, so load_latest stops. */
-static moe_status load_dir(const char *dir, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, int *mismatch)
+moe_status moe_ckpt_read_rows(const char *dir, const Moe__CheckpointManifest *m, const char *name, int64_t start,
+                              int64_t count, void *out, size_t bytes)
 {
-    *mismatch = 0;
-    MOE_TRY(check_tensors(t, n, "checkpoint load"));
-    Moe__CheckpointManifest *m = NULL;
-    MOE_TRY(moe_ckpt_read_manifest(dir, &m));
-    const Moe__TensorEntry **map = NULL;
+    view w;
+    MOE_TRY(view_init(&w, dir, m));
+    size_t lo, hi;
     moe_status st = MOE_OK;
-    MOE_TRY_GOTO(moe_alloc((void **)&map, sizeof *map * (n > 0 ? (size_t)n : 1), "checkpoint match"), st, done);
-    st = match_tensors(dir, m, t, n, map);
-    if (st != MOE_OK) {
-        *mismatch = st == MOE_ERR_INPUT;
-        moe_trace_frame(__FILE__, __LINE__);
+    if (!view_find(&w, name, &lo, &hi)) {
+        st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has no tensor %s", dir, name);
         goto done;
     }
-    MOE_TRY_GOTO(moe_ckpt_verify(dir, m, NULL, NULL), st, done);
-    MOE_TRY_GOTO(read_tensors(dir, m, t, n, map), st, done);
-    meta->step = m->step;
-    meta->data_next_sequence = m->data_next_sequence;
-    memcpy(meta->rng_state, m->rng_state, sizeof meta->rng_state);
+    const Moe__TensorEntry *e = w.v[lo];
+    if (e->n_global_shape > MOE_CKPT_MAX_DIMS || strcmp(e->dtype, "f32") != 0) {
+        st = moe_fail(MOE_ERR_INPUT, "%s: tensor %s is %s with %zu dims (this reader: f32, up to %d)", dir, name,
+                      e->dtype, e->n_global_shape, MOE_CKPT_MAX_DIMS);
+        goto done;
+    }
+    moe_ckpt_part p = {.name = name, .ndim = (int)e->n_global_shape, .row_start = start, .rows = count,
+                       .data = out, .bytes = bytes};
+    if (e->n_global_shape > 0) /* a scalar's global_shape is NULL */
+        memcpy(p.shape, e->global_shape, sizeof *p.shape * e->n_global_shape);
+    MOE_TRY_GOTO(check_parts(&p, 1, "checkpoint read"), st, done);
+    MOE_TRY_GOTO(read_part(&w, &p, 0), st, done);
 done:
-    moe_free(map);
-    moe__checkpoint_manifest__free_unpacked(m, NULL);
+    view_free(&w);
     return st;
 }
 
-moe_status moe_ckpt_load_dir(const char *dir, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n)
+/* ---- one step directory, for one loader or a group ------------------------ */
+
+enum { CODE_OK = 0, CODE_UNUSABLE = 1, CODE_STOP = 2 };
+
+static int code_of(moe_status st, int mismatch)
 {
-    int mismatch;
-    MOE_TRY(load_dir(dir, meta, t, n, &mismatch));
-    return MOE_OK;
+    if (st == MOE_OK)
+        return CODE_OK;
+    return !mismatch && (st == MOE_ERR_INPUT || st == MOE_ERR_IO) ? CODE_UNUSABLE : CODE_STOP;
+}
+
+/* Every loader's verdict; on a nonzero one, every loader carries its message.
+** *st keeps the local status, or becomes MOE_ERR_INPUT where only others failed. */
+static int agree(const moe_ckpt_group *g, int code, moe_status *st)
+{
+    if (!g || !g->agree)
+        return code;
+    char msg[768];
+    snprintf(msg, sizeof msg, "%s", code ? moe_errmsg() : "");
+    int all = g->agree(g->ctx, code, msg, sizeof msg);
+    if (all < 0) {
+        *st = MOE_ERR_SYSTEM;
+        return CODE_STOP;
+    }
+    if (all != CODE_OK) {
+        moe_error_clear();
+        moe_status s = *st != MOE_OK ? *st : MOE_ERR_INPUT;
+        *st = moe_fail(s, "%s", msg);
+    }
+    return all;
+}
+
+/* Loads one step directory. *code: what the group agreed (CODE_*). Nothing
+** is written to p or meta unless every loader's checks pass. */
+static moe_status load_dir_parts(const char *dir, moe_ckpt_meta *meta, moe_ckpt_part *p, int n,
+                                 const moe_ckpt_group *g, int *code)
+{
+    Moe__CheckpointManifest *m = NULL;
+    view w = {0};
+    int mismatch = 0;
+    moe_status st = moe_ckpt_read_manifest(dir, &m);
+    if (st == MOE_OK)
+        st = view_init(&w, dir, m);
+    if (st == MOE_OK) {
+        st = match_parts(&w, p, n);
+        mismatch = st != MOE_OK;
+    }
+    if (st == MOE_OK)
+        st = verify_shards(dir, m, NULL, NULL, g ? g->rank : 0, g ? g->size : 1);
+    if (st == MOE_OK && g && g->size > 1) /* alone, the whole-shard checks above covered every slice */
+        st = check_touched(&w, p, n);
+    *code = agree(g, code_of(st, mismatch), &st);
+    for (int i = 0; *code == CODE_OK && i < n && st == MOE_OK; i++)
+        st = read_part(&w, &p[i], 1);
+    if (*code == CODE_OK)
+        *code = agree(g, code_of(st, 1), &st);
+    if (*code == CODE_OK) {
+        meta->step = m->step;
+        meta->data_next_sequence = m->data_next_sequence;
+        memcpy(meta->rng_state, m->rng_state, sizeof meta->rng_state);
+    }
+    view_free(&w);
+    if (m)
+        moe__checkpoint_manifest__free_unpacked(m, NULL);
+    if (st != MOE_OK)
+        moe_trace_frame(__FILE__, __LINE__);
+    return st;
 }
 
 static moe_status set_loaded(char *out, size_t cap, const char *dir)
@@ -1173,8 +1629,10 @@ static moe_status set_loaded(char *out, size_t cap, const char *dir)
     return MOE_OK;
 }
 
-moe_status moe_ckpt_load_latest(const char *root, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, char *loaded_dir,
-                                size_t cap)
+static int is_speaker(const moe_ckpt_group *g) { return !g || g->rank == 0; }
+
+static moe_status load_latest_parts(const char *root, moe_ckpt_meta *meta, moe_ckpt_part *p, int n,
+                                    const moe_ckpt_group *g, char *loaded_dir, size_t cap)
 {
     step_ent *v = NULL;
     int count = 0;
@@ -1188,19 +1646,20 @@ moe_status moe_ckpt_load_latest(const char *root, moe_ckpt_meta *meta, moe_ckpt_
     for (int i = 0; i < count; i++) {
         char dir[CKPT_PATH];
         MOE_TRY_GOTO(join(dir, sizeof dir, root, v[i].name), st, done);
-        int mismatch;
-        st = load_dir(dir, meta, t, n, &mismatch);
-        if (st == MOE_OK) {
+        int code;
+        st = load_dir_parts(dir, meta, p, n, g, &code);
+        if (code == CODE_OK) {
             MOE_TRY_GOTO(set_loaded(loaded_dir, cap, dir), st, done);
             goto done;
         }
-        if (mismatch || (st != MOE_ERR_INPUT && st != MOE_ERR_IO)) {
+        if (code == CODE_STOP) {
             moe_trace_frame(__FILE__, __LINE__);
             goto done;
         }
         snprintf(last, sizeof last, "%s", moe_errmsg());
-        moe_warn("checkpoint %s is unusable: %s; %s", dir, last,
-                 i + 1 < count ? "trying the previous one" : "no older checkpoint left");
+        if (is_speaker(g))
+            moe_warn("checkpoint %s is unusable: %s; %s", dir, last,
+                     i + 1 < count ? "trying the previous one" : "no older checkpoint left");
         moe_error_clear();
     }
     st = moe_fail(MOE_ERR_INPUT, "no valid checkpoint in %s (%d tried; the last problem: %s)", root, count, last);
@@ -1209,11 +1668,14 @@ done:
     return st;
 }
 
-moe_status moe_ckpt_load_path(const char *path, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, char *loaded_dir,
-                              size_t cap)
+moe_status moe_ckpt_load_parts(const char *path, moe_ckpt_meta *meta, moe_ckpt_part *p, int n,
+                               const moe_ckpt_group *g, char *loaded_dir, size_t cap)
 {
     if (!path || !path[0])
         return moe_fail(MOE_ERR_USAGE, "checkpoint load: no path given");
+    if (g && (g->size < 1 || g->rank < 0 || g->rank >= g->size))
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint load: loader %d of %d", g->rank, g->size);
+    MOE_TRY(check_parts(p, n, "checkpoint load"));
     struct stat sb;
     if (stat(path, &sb) != 0)
         return moe_fail(errno == ENOENT ? MOE_ERR_INPUT : MOE_ERR_IO, "checkpoint path %s: %s", path,
@@ -1231,10 +1693,60 @@ moe_status moe_ckpt_load_path(const char *path, moe_ckpt_meta *meta, moe_ckpt_te
     int64_t step;
     MOE_TRY(join(manifest, sizeof manifest, path, MANIFEST_NAME));
     if (parse_step_name(base, &step) || access(manifest, F_OK) == 0) {
-        MOE_TRY(moe_ckpt_load_dir(path, meta, t, n));
+        int code;
+        MOE_TRY(load_dir_parts(path, meta, p, n, g, &code));
         MOE_TRY(set_loaded(loaded_dir, cap, path));
         return MOE_OK;
     }
-    MOE_TRY(moe_ckpt_load_latest(path, meta, t, n, loaded_dir, cap));
+    MOE_TRY(load_latest_parts(path, meta, p, n, g, loaded_dir, cap));
+    return MOE_OK;
+}
+
+/* ---- whole tensors, one process ---------------------------------------------- */
+
+static moe_status whole_parts(const moe_ckpt_tensor *t, int n, moe_ckpt_part **out)
+{
+    *out = NULL;
+    MOE_TRY(check_tensors(t, n, "checkpoint load"));
+    MOE_TRY(moe_alloc((void **)out, sizeof **out * (n > 0 ? (size_t)n : 1), "checkpoint parts"));
+    for (int i = 0; i < n; i++) {
+        moe_ckpt_part *q = &(*out)[i];
+        *q = (moe_ckpt_part){.name = t[i].name, .ndim = t[i].ndim, .row_start = 0,
+                             .rows = t[i].ndim ? t[i].shape[0] : 1, .data = t[i].data, .bytes = t[i].bytes};
+        memcpy(q->shape, t[i].shape, sizeof q->shape);
+    }
+    return MOE_OK;
+}
+
+moe_status moe_ckpt_load_dir(const char *dir, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n)
+{
+    moe_ckpt_part *p = NULL;
+    MOE_TRY(whole_parts(t, n, &p));
+    int code;
+    moe_status st = load_dir_parts(dir, meta, p, n, NULL, &code);
+    moe_free(p);
+    MOE_TRY(st);
+    return MOE_OK;
+}
+
+moe_status moe_ckpt_load_latest(const char *root, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, char *loaded_dir,
+                                size_t cap)
+{
+    moe_ckpt_part *p = NULL;
+    MOE_TRY(whole_parts(t, n, &p));
+    moe_status st = load_latest_parts(root, meta, p, n, NULL, loaded_dir, cap);
+    moe_free(p);
+    MOE_TRY(st);
+    return MOE_OK;
+}
+
+moe_status moe_ckpt_load_path(const char *path, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, char *loaded_dir,
+                              size_t cap)
+{
+    moe_ckpt_part *p = NULL;
+    MOE_TRY(whole_parts(t, n, &p));
+    moe_status st = moe_ckpt_load_parts(path, meta, p, n, NULL, loaded_dir, cap);
+    moe_free(p);
+    MOE_TRY(st);
     return MOE_OK;
 }

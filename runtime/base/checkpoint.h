@@ -5,13 +5,20 @@
 **
 **   ROOT/step-0000100/manifest.pb       CheckpointManifest (proto/checkpoint.proto)
 **   ROOT/step-0000100/shard-00000.bin   raw tensor bytes of rank 0, 64-byte aligned
+**   ROOT/step-0000100/shard-00002.bin   ... and of every other rank that wrote a part
 **
 ** The manifest records the step, the data loader's position, the RNG state, the
 ** resolved config, and for every tensor its global shape, the slice a shard
 ** holds (local shape and offset), where the bytes are and their XXH64. Every
 ** shard also has a size and a whole-file XXH64, and the manifest ends with an
 ** XXH64 of itself, so any flipped or missing byte is found before use.
-** Today one process saves everything: world_size 1, one shard, local == global.
+** One process (moe_ckpt_save) writes one shard with every tensor whole. A
+** sharded save (moe_ckpt_prepare / moe_ckpt_write_shard / moe_ckpt_commit,
+** driven by runtime/train_ckpt.c over MPI; this module does no communication)
+** has each writing rank put its dim-0 slices of tensors into its own shard;
+** the manifest lists every slice, and together they cover each tensor exactly
+** once. Any layout can load any checkpoint: readers ask for dim-0 row ranges
+** and get them from whichever slices hold them.
 **
 ** Save is atomic: everything is written into ROOT/.tmp-step-NNNNNNN-<pid>/,
 ** each file fsync'ed, the directory fsync'ed, then renamed to its final name and
@@ -47,7 +54,7 @@
 #define MOE_CKPT_MAX_DIMS 4
 #define MOE_CKPT_ALIGN 64 /* byte alignment of every tensor inside a shard */
 
-/* One named fp32 tensor. shape = global shape (today local == global).
+/* One named fp32 tensor, whole. shape = global shape.
 ** bytes must equal product(shape[0..ndim)) * sizeof(float); ndim 0..4. */
 typedef struct {
     const char *name;
@@ -56,6 +63,20 @@ typedef struct {
     void *data;
     size_t bytes;
 } moe_ckpt_tensor;
+
+/* A dim-0 slice of a tensor: rows [row_start, row_start + rows) of a tensor
+** whose GLOBAL shape is shape (a row is product(shape[1..ndim)) floats).
+** bytes = rows * row size * sizeof(float). ndim 0 (a scalar) has one row:
+** row_start 0, rows 1. Saving: the slice this shard holds (rows may be the
+** whole tensor). Loading: the rows the caller wants, into data. */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[MOE_CKPT_MAX_DIMS];
+    int64_t row_start, rows;
+    void *data;
+    size_t bytes;
+} moe_ckpt_part;
 
 /* What a resumed run needs besides the tensors to continue bit-exactly. */
 typedef struct {
@@ -91,9 +112,71 @@ moe_status moe_ckpt_load_latest(const char *root, moe_ckpt_meta *meta, moe_ckpt_
 moe_status moe_ckpt_load_path(const char *path, moe_ckpt_meta *meta, moe_ckpt_tensor *t, int n, char *loaded_dir,
                               size_t cap);
 
+/* ---- sharded save: prepare (one process), write_shard (each writer), commit (the preparer) ----
+** The caller makes sure every write_shard has returned before commit (a
+** barrier) and hands commit every writer's index, in rank order. */
+
+/* Creates ROOT if needed, removes leftovers of interrupted saves, and makes
+** an empty ROOT/.tmp-step-N-<pid>/ for step; its path goes to tmp_dir. */
+moe_status moe_ckpt_prepare(const char *root, int64_t step, char *tmp_dir, size_t cap);
+
+/* Writes TMP_DIR/shard-<rank, 5 digits>.bin holding p[0..n), fsync'ed, and
+** returns its index: an opaque byte string (the shard's file entry and its
+** slices) in *index (moe_alloc'ed, the caller moe_free's it), *len bytes.
+** n == 0 writes no file: *index NULL, *len 0. */
+moe_status moe_ckpt_write_shard(const char *tmp_dir, uint32_t rank, const moe_ckpt_part *p, int n, uint8_t **index,
+                                size_t *len);
+
+/* Writes the manifest of every index (empty ones are skipped) into tmp_dir,
+** checks it like a loader would (every tensor covered exactly once, one
+** global shape per name), then renames tmp_dir to ROOT/step-<meta->step>
+** (swapping out an existing one) and applies keep like moe_ckpt_save.
+** layout (may be NULL) is recorded for people ("dp 2 x ep 2"). On failure
+** tmp_dir is removed. */
+moe_status moe_ckpt_commit(const char *root, const char *tmp_dir, const moe_ckpt_meta *meta, const char *config_yaml,
+                           const char *layout, uint32_t world_size, const uint8_t *const *index, const size_t *len,
+                           int nindex, int keep);
+
+/* Removes a prepared tmp_dir after a failed save (errors are only logged). */
+void moe_ckpt_discard(const char *tmp_dir);
+
+/* ---- sharded load ---------------------------------------------------------- */
+
+/* Loaders that must decide together (MPI ranks): agree() is called by every
+** loader at the same points with its code (0 fine, 1 this step is unusable:
+** corrupt, truncated or unreadable, 2 stop: model mismatch or a hard failure)
+** and its message (when code != 0); it returns the largest code of all and,
+** when that is nonzero, leaves in msg the message of a loader that had it
+** (-1: the agreement itself failed, with the reason in moe_errmsg). Shard
+** file s is checked whole (size, every slice, whole-file checksum) by the
+** loader with s % size == rank, so the group together checks every byte
+** while each one reads only the slices it asks for. */
+typedef struct {
+    int rank, size;
+    int (*agree)(void *ctx, int code, char *msg, size_t cap);
+    void *ctx;
+} moe_ckpt_group;
+
+/* Like moe_ckpt_load_path, for slices: PATH is a step directory or a ROOT
+** (newest usable step, falling back like moe_ckpt_load_latest). Every name
+** in the checkpoint must be asked for by some part and every part must match
+** its global shape; rows may come from any number of shards. Each slice
+** read is checked against its checksum and its shard's size. g NULL: one
+** loader (it also checks every shard whole). Nothing is written to the
+** parts or *meta unless every loader's checks pass. */
+moe_status moe_ckpt_load_parts(const char *path, moe_ckpt_meta *meta, moe_ckpt_part *p, int n,
+                               const moe_ckpt_group *g, char *loaded_dir, size_t cap);
+
+/* Reads rows [start, start + count) of tensor `name` (count * row size * 4 =
+** bytes) from the shards of dir's manifest m that hold them, checking the
+** checksum of every slice it reads from (each one is read whole). */
+moe_status moe_ckpt_read_rows(const char *dir, const Moe__CheckpointManifest *m, const char *name, int64_t start,
+                              int64_t count, void *out, size_t bytes);
+
 /* Reads DIR/manifest.pb, checks its trailer checksum, format version and
-** internal consistency (names unique, shapes, byte ranges inside their shard,
-** no overlaps). Does not read shards. On failure *out is NULL. */
+** internal consistency (shapes, byte ranges inside their shard, no overlaps,
+** every tensor's slices cut along dim 0 and covering it exactly once with one
+** global shape). Does not read shards. On failure *out is NULL. */
 moe_status moe_ckpt_read_manifest(const char *dir, Moe__CheckpointManifest **out);
 
 /* Reads every shard of a manifest from moe_ckpt_read_manifest and checks sizes

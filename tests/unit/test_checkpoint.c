@@ -545,7 +545,7 @@ START_TEST(test_manifest_contents)
         {set_version_99, "format_version 99 is not supported"},
         {push_outside, "lie outside shard-00000.bin"},
         {overlap, "overlap in shard-00000.bin"},
-        {split, "split across 2 ranks"},
+        {split, "rows [8, 16) of 16 are in no shard"},
     };
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         save_step(root, 100 + i, 0);
@@ -796,6 +796,278 @@ START_TEST(test_save_refuses_bad_tables)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------- */
+/* sharded: two writers, each its own shard, one manifest                     */
+
+/* x (6, 5) is cut 2 + 4 rows between the shards; d (4, 3) and s (scalar) are whole. */
+typedef struct {
+    float x[6 * 5], d[4 * 3], s;
+} sharded;
+
+static void sharded_init(sharded *v, uint64_t seed)
+{
+    uint32_t w;
+    for (int i = 0; i < 30; i++) {
+        w = (uint32_t)mix(seed + (uint64_t)i);
+        memcpy(&v->x[i], &w, 4);
+    }
+    for (int i = 0; i < 12; i++) {
+        w = (uint32_t)mix(seed + 100 + (uint64_t)i);
+        memcpy(&v->d[i], &w, 4);
+    }
+    w = (uint32_t)mix(seed + 999);
+    memcpy(&v->s, &w, 4);
+}
+
+/* Parts of the three tensors: x rows [x0, x0 + xr), d and s whole. */
+static void sharded_parts(sharded *v, moe_ckpt_part p[3], int64_t x0, int64_t xr)
+{
+    p[0] = (moe_ckpt_part){.name = "x", .ndim = 2, .shape = {6, 5}, .row_start = x0, .rows = xr,
+                           .data = v->x + x0 * 5, .bytes = (size_t)xr * 5 * 4};
+    p[1] = (moe_ckpt_part){.name = "d", .ndim = 2, .shape = {4, 3}, .row_start = 0, .rows = 4, .data = v->d,
+                           .bytes = sizeof v->d};
+    p[2] = (moe_ckpt_part){.name = "s", .ndim = 0, .row_start = 0, .rows = 1, .data = &v->s, .bytes = 4};
+}
+
+/* Writer 0: x rows [0, 2) and d; writer 1: x rows [2, 6) and s. Returns 0 if
+** the commit failed (its status in *st). use1: whether writer 1's index is handed in. */
+static int save_sharded(const char *root, int64_t step, sharded *v, int use1, moe_status *st)
+{
+    moe_ckpt_part p[3], q[3];
+    sharded_parts(v, p, 0, 2);
+    sharded_parts(v, q, 2, 4);
+    moe_ckpt_part w0[2] = {p[0], p[1]}, w1[2] = {q[0], q[2]};
+    char tmp[1024];
+    ck_assert_msg(moe_ckpt_prepare(root, step, tmp, sizeof tmp) == MOE_OK, "%s", moe_errmsg());
+    uint8_t *ix[2] = {NULL, NULL};
+    size_t len[2] = {0, 0};
+    ck_assert_msg(moe_ckpt_write_shard(tmp, 0, w0, 2, &ix[0], &len[0]) == MOE_OK, "%s", moe_errmsg());
+    ck_assert_msg(moe_ckpt_write_shard(tmp, 1, w1, 2, &ix[1], &len[1]) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(len[0] > 0 && len[1] > 0);
+    const uint8_t *cix[2] = {ix[0], ix[1]};
+    moe_ckpt_meta meta = meta_for(step);
+    *st = moe_ckpt_commit(root, tmp, &meta, "x: 1\n", "test 2", 2, cix, len, use1 ? 2 : 1, 0);
+    free(ix[0]);
+    free(ix[1]);
+    return *st == MOE_OK;
+}
+
+START_TEST(test_sharded_round_trip)
+{
+    moe_error_clear();
+    char root[512], dir[600], path[700];
+    tu_tmpdir(root, sizeof root, "ckpt");
+    sharded v;
+    sharded_init(&v, 5);
+    moe_status st;
+    ck_assert_msg(save_sharded(root, 7, &v, 1, &st), "%s", moe_errmsg());
+    step_dir(dir, sizeof dir, root, 7);
+    snprintf(path, sizeof path, "%s/shard-00001.bin", dir);
+    ck_assert_int_gt(file_size(path), 0);
+
+    Moe__CheckpointManifest *m = NULL;
+    ck_assert_msg(moe_ckpt_read_manifest(dir, &m) == MOE_OK, "%s", moe_errmsg());
+    ck_assert_uint_eq(m->world_size, 2);
+    ck_assert_uint_eq(m->n_shards, 2);
+    ck_assert_uint_eq(m->n_tensors, 4);
+    ck_assert_str_eq(m->layout, "test 2");
+    int seen = 0;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const Moe__TensorEntry *e = m->tensors[i];
+        if (strcmp(e->name, "x") != 0)
+            continue;
+        ck_assert_int_eq(e->global_shape[0], 6);
+        ck_assert_int_eq(e->local_offset[0], e->shard == 0 ? 0 : 2);
+        ck_assert_int_eq(e->local_shape[0], e->shard == 0 ? 2 : 4);
+        ck_assert_int_eq(e->local_shape[1], 5);
+        seen |= 1 << e->shard;
+    }
+    ck_assert_int_eq(seen, 3);
+    ck_assert_msg(moe_ckpt_verify(dir, m, NULL, NULL) == MOE_OK, "%s", moe_errmsg());
+
+    /* Rows 1..4 straddle the cut between shard 0 and shard 1. */
+    float got[6 * 5];
+    ck_assert_msg(moe_ckpt_read_rows(dir, m, "x", 1, 4, got, 4 * 5 * 4) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(memcmp(got, v.x + 5, 4 * 5 * 4) == 0);
+    ck_assert_msg(moe_ckpt_read_rows(dir, m, "x", 0, 6, got, sizeof got) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(memcmp(got, v.x, sizeof got) == 0);
+    ck_assert_msg(moe_ckpt_read_rows(dir, m, "x", 3, 1, got, 5 * 4) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(memcmp(got, v.x + 15, 5 * 4) == 0);
+    ck_assert(moe_ckpt_read_rows(dir, m, "x", 3, 4, got, 4 * 5 * 4) == MOE_ERR_INTERNAL);
+    moe_error_clear();
+    ck_assert(moe_ckpt_read_rows(dir, m, "nope", 0, 1, got, 4) == MOE_ERR_INPUT);
+    moe_error_clear();
+    moe__checkpoint_manifest__free_unpacked(m, NULL);
+
+    /* One process loads whole tensors... */
+    sharded w;
+    memset(&w, 0, sizeof w);
+    moe_ckpt_tensor t[3] = {{.name = "x", .ndim = 2, .shape = {6, 5}, .data = w.x, .bytes = sizeof w.x},
+                            {.name = "d", .ndim = 2, .shape = {4, 3}, .data = w.d, .bytes = sizeof w.d},
+                            {.name = "s", .ndim = 0, .data = &w.s, .bytes = 4}};
+    moe_ckpt_meta meta, want = meta_for(7);
+    ck_assert_msg(moe_ckpt_load_dir(dir, &meta, t, 3) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(memcmp(&w, &v, sizeof w) == 0);
+    ck_assert(memcmp(&meta, &want, sizeof meta) == 0);
+
+    /* ... and another layout its own rows: x [1, 4) from both shards. */
+    memset(&w, 0, sizeof w);
+    moe_ckpt_part p[3];
+    sharded_parts(&w, p, 1, 3);
+    char loaded[700];
+    ck_assert_msg(moe_ckpt_load_parts(root, &meta, p, 3, NULL, loaded, sizeof loaded) == MOE_OK, "%s",
+                  moe_errmsg());
+    ck_assert_str_eq(loaded, dir);
+    ck_assert(memcmp(w.x + 5, v.x + 5, 3 * 5 * 4) == 0);
+    ck_assert(w.x[0] == 0.0f && w.x[20] == 0.0f);
+    ck_assert(memcmp(w.d, v.d, sizeof w.d) == 0 && memcmp(&w.s, &v.s, 4) == 0);
+
+    /* A checkpoint missing a tensor is a model mismatch, named. */
+    p[2].name = "s2";
+    ck_assert(moe_ckpt_load_parts(dir, &meta, p, 3, NULL, NULL, 0) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), "s2: checkpoint has no such tensor"), "%s", moe_errmsg());
+    moe_error_clear();
+
+    /* inspect shows both shards and the slices */
+    char out[65536];
+    char *args[] = {"checkpoint", dir, NULL};
+    ck_assert_int_eq(captured(1, out, sizeof out, inspect_args, args), 0);
+    ck_assert_msg(strstr(out, "world size  2 (test 2)") && strstr(out, "shard-00001.bin") &&
+                  strstr(out, "tensors     3 in 4 slices") && strstr(out, "[6, 5] slice [4, 5] at [2, 0]") &&
+                  strstr(out, "result      valid"), "%s", out);
+    rm_root(root);
+}
+END_TEST
+
+START_TEST(test_sharded_corrupt_second)
+{
+    moe_error_clear();
+    char root[512], dir[600], path[700], out[65536], err[8192];
+    tu_tmpdir(root, sizeof root, "ckpt");
+    sharded v;
+    sharded_init(&v, 9);
+    moe_status st;
+    ck_assert_msg(save_sharded(root, 6, &v, 1, &st), "%s", moe_errmsg());
+    ck_assert_msg(save_sharded(root, 8, &v, 1, &st), "%s", moe_errmsg());
+    step_dir(dir, sizeof dir, root, 8);
+    snprintf(path, sizeof path, "%s/shard-00001.bin", dir);
+    flip_byte(path, tensor_offset(dir, "s")); /* shard 1 holds s; x's first entry is in shard 0 */
+
+    sharded w;
+    memset(&w, 0, sizeof w);
+    moe_ckpt_part p[3];
+    sharded_parts(&w, p, 0, 6);
+    moe_ckpt_meta meta;
+    ck_assert(moe_ckpt_load_parts(dir, &meta, p, 3, NULL, NULL, 0) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), "shard-00001.bin") && strstr(moe_errmsg(), "checksum mismatch in tensor 's'"),
+                  "%s", moe_errmsg());
+    moe_error_clear();
+    sharded zero;
+    memset(&zero, 0, sizeof zero);
+    ck_assert(memcmp(&w, &zero, sizeof w) == 0); /* nothing written on failure */
+
+    /* read_rows checks each slice it reads */
+    Moe__CheckpointManifest *m = NULL;
+    ck_assert_msg(moe_ckpt_read_manifest(dir, &m) == MOE_OK, "%s", moe_errmsg());
+    float s;
+    ck_assert(moe_ckpt_read_rows(dir, m, "s", 0, 1, &s, 4) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), "shard-00001.bin"), "%s", moe_errmsg());
+    moe_error_clear();
+    float x[10];
+    ck_assert_msg(moe_ckpt_read_rows(dir, m, "x", 0, 2, x, sizeof x) == MOE_OK, "%s", moe_errmsg());
+    moe__checkpoint_manifest__free_unpacked(m, NULL);
+
+    /* inspect marks the second shard BAD and names it */
+    char *args[] = {"checkpoint", dir, NULL};
+    ck_assert_int_eq(captured(2, err, sizeof err, inspect_args, args), 2);
+    ck_assert_msg(strstr(err, "shard-00001.bin") && strstr(err, "checksum mismatch in tensor 's'"), "%s", err);
+    ck_assert_int_eq(captured(1, out, sizeof out, inspect_args, args), 2);
+    ck_assert_msg(strstr(out, "shard-00000.bin") && strstr(out, "BAD"), "%s", out);
+
+    /* the root falls back to step 6 */
+    char loaded[700], want[700];
+    ck_assert_msg(moe_ckpt_load_parts(root, &meta, p, 3, NULL, loaded, sizeof loaded) == MOE_OK, "%s", moe_errmsg());
+    step_dir(want, sizeof want, root, 6);
+    ck_assert_str_eq(loaded, want);
+    ck_assert(memcmp(&w, &v, sizeof w) == 0);
+
+    /* a truncated second shard is refused naming it */
+    step_dir(dir, sizeof dir, root, 6);
+    snprintf(path, sizeof path, "%s/shard-00001.bin", dir);
+    ck_assert_int_eq(truncate(path, 10), 0);
+    ck_assert(moe_ckpt_load_parts(dir, &meta, p, 3, NULL, NULL, 0) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), path) && strstr(moe_errmsg(), "truncated"), "%s", moe_errmsg());
+    moe_error_clear();
+    rm_root(root);
+}
+END_TEST
+
+/* Two loaders of a group, run one after the other in this process (agree()
+** just returns the loader's own code): each reads only its slices, and
+** shard s is checked whole by loader s % 2 alone. */
+static int agree_self(void *ctx, int code, char *msg, size_t cap)
+{
+    (void)ctx;
+    (void)msg;
+    (void)cap;
+    return code;
+}
+
+START_TEST(test_sharded_group_split)
+{
+    moe_error_clear();
+    char root[512], dir[600], path[700];
+    tu_tmpdir(root, sizeof root, "ckpt");
+    sharded v;
+    sharded_init(&v, 3);
+    moe_status st;
+    ck_assert_msg(save_sharded(root, 4, &v, 1, &st), "%s", moe_errmsg());
+    step_dir(dir, sizeof dir, root, 4);
+    /* x rows [2, 6) in shard 1 (the manifest lists shard 1's x last) */
+    snprintf(path, sizeof path, "%s/shard-00001.bin", dir);
+    flip_byte(path, tensor_offset(dir, "x") + 9);
+    sharded w;
+    moe_ckpt_part p[3];
+    moe_ckpt_meta meta;
+    /* loader 0 reads x rows [0, 2) (shard 0), d, s and checks shard 0 whole: fine */
+    memset(&w, 0, sizeof w);
+    sharded_parts(&w, p, 0, 2);
+    moe_ckpt_group g0 = {.rank = 0, .size = 2, .agree = agree_self};
+    ck_assert_msg(moe_ckpt_load_parts(dir, &meta, p, 3, &g0, NULL, 0) == MOE_OK, "%s", moe_errmsg());
+    ck_assert(memcmp(w.x, v.x, 2 * 5 * 4) == 0 && memcmp(&w.s, &v.s, 4) == 0);
+    /* loader 1 reads the same rows but checks shard 1 whole: refused, naming it */
+    moe_ckpt_group g1 = {.rank = 1, .size = 2, .agree = agree_self};
+    ck_assert(moe_ckpt_load_parts(dir, &meta, p, 3, &g1, NULL, 0) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), path) && strstr(moe_errmsg(), "checksum mismatch in tensor 'x'"), "%s",
+                  moe_errmsg());
+    moe_error_clear();
+    /* a loader reading rows [2, 6) finds it on its own */
+    sharded_parts(&w, p, 2, 4);
+    ck_assert(moe_ckpt_load_parts(dir, &meta, p, 3, &g0, NULL, 0) == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), path), "%s", moe_errmsg());
+    moe_error_clear();
+    rm_root(root);
+}
+END_TEST
+
+START_TEST(test_sharded_commit_checks_cover)
+{
+    moe_error_clear();
+    char root[512], names[1024];
+    tu_tmpdir(root, sizeof root, "ckpt");
+    sharded v;
+    sharded_init(&v, 1);
+    moe_status st;
+    ck_assert(!save_sharded(root, 3, &v, 0, &st)); /* writer 1's index left out */
+    ck_assert(st == MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), "tensor x: rows [2, 6) of 6 are in no shard"), "%s", moe_errmsg());
+    moe_error_clear();
+    list_dir(root, names, sizeof names);
+    ck_assert_str_eq(names, ""); /* the temporary directory is gone, no step appeared */
+    rm_root(root);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -816,6 +1088,10 @@ static Suite *suite(void)
     tcase_add_test(tc, test_large_tensors);
     tcase_add_test(tc, test_inspect);
     tcase_add_test(tc, test_save_refuses_bad_tables);
+    tcase_add_test(tc, test_sharded_round_trip);
+    tcase_add_test(tc, test_sharded_corrupt_second);
+    tcase_add_test(tc, test_sharded_group_split);
+    tcase_add_test(tc, test_sharded_commit_checks_cover);
     suite_add_tcase(s, tc);
     return s;
 }
