@@ -134,6 +134,8 @@ void moe_model_take_load(moe_model *m, double *imbalance, double *dropped_frac);
 const moe_param_info *moe_model_params(const moe_model *m, int *count);
 float *moe_model_param_data(moe_model *m);
 float *moe_model_grad_data(moe_model *m);
+/* Floats in the parameter (and gradient) buffer: every tensor plus the zero
+** gaps that keep each one 64-byte aligned. */
 size_t moe_model_num_params(const moe_model *m);
 /* Non-trained state saved in checkpoints: expert bias [L_moe * E] (may be 0 long). */
 float *moe_model_state_data(moe_model *m, size_t *count);
