@@ -44,7 +44,7 @@ int moe_ck_is_dir(const char *path);
 int moe_ck_parse_step_name(const char *name, int64_t *step);
 /* "step-%07d" */
 void moe_ck_step_name(char *out, size_t cap, int64_t step);
-/* mkdir -p; an existing non-directory is MOE_ERR_USAGE. */
+/* mkdir -p (runtime/base/fs.h); an existing non-directory is MOE_ERR_INPUT. */
 moe_status moe_ck_make_dirs(const char *path);
 /* A rename or a new file is durable only once its directory is synced. */
 moe_status moe_ck_fsync_dir(const char *path);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "runtime/base/checkpoint_internal.h"
+#include "runtime/base/fs.h"
 #include "runtime/base/mem.h"
 
 /* ------------------------------------------------------------------------- */
@@ -55,20 +56,7 @@ void moe_ck_step_name(char *out, size_t cap, int64_t step)
 
 moe_status moe_ck_make_dirs(const char *path)
 {
-    char tmp[CKPT_PATH];
-    int k = snprintf(tmp, sizeof tmp, "%s/", path);
-    if (k < 0 || (size_t)k >= sizeof tmp)
-        return moe_fail(MOE_ERR_USAGE, "checkpoint path too long: %s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return moe_fail(MOE_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    if (!moe_ck_is_dir(path))
-        return moe_fail(MOE_ERR_USAGE, "checkpoint path %s exists and is not a directory", path);
+    MOE_TRY(moe_mkdir_p(path));
     return MOE_OK;
 }
 
