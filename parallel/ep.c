@@ -101,8 +101,9 @@ static void row_splits(const size_t *rows, int ep, int C, size_t *counts, size_t
     }
 }
 
-moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *xs,
-                           const int32_t *slot_offsets, int C, int F)
+/* Exchanges the counts and derives the receive layout (segments, rows per peer). */
+static moe_status exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+                                  const int32_t *slot_offsets, int C, int F)
 {
     int P = map->ep_size, El = map->E_local, segs = P * El;
     MOE_TRY(ensure_meta(s, P, El));
@@ -121,8 +122,41 @@ moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *
     s->recv_total = (size_t)s->offsets[segs];
     for (int p = 0; p < P; p++)
         s->recv_rows[p] = (size_t)(s->offsets[(p + 1) * El] - s->offsets[p * El]);
-    MOE_TRY(reserve(s, s->recv_total, C, F));
-    return moe_ep_dispatch_again(s, ep, map, xs, C, s->xr);
+    row_splits(s->send_rows, P, C, s->sc, s->sd);
+    row_splits(s->recv_rows, P, C, s->rc, s->rd);
+    return reserve(s, s->recv_total, C, F);
+}
+
+#define EP_TAG 0x4550 /* "EP" */
+
+moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *x,
+                           const int32_t *row_token, float *xs, const int32_t *slot_offsets, int C, int F)
+{
+    int P = map->ep_size, me = map->ep_rank;
+    MOE_TRY(exchange_counts(s, ep, map, slot_offsets, C, F));
+    moe_request *reqs[2 * P];
+    int nreq = 0;
+    moe_status st = MOE_OK;
+    for (int p = 0; p < P && st == MOE_OK; p++)
+        if (p != me && s->rc[p] > 0)
+            st = moe_irecv(ep, s->xr + s->rd[p], s->rc[p], MOE_DT_F32, p, EP_TAG, &reqs[nreq++]);
+    for (int k = 1; k < P && st == MOE_OK; k++) {
+        int p = (me + k) % P; /* staggered, so ranks do not all send to one peer first */
+        if (s->sc[p] == 0)
+            continue;
+        size_t row0 = s->sd[p] / (size_t)C;
+        moe_permute_forward(xs + s->sd[p], x, row_token + row0, (int)s->send_rows[p], C);
+        st = moe_isend(ep, xs + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_TAG, &reqs[nreq++]);
+    }
+    /* own rows last, while the others are on the wire, straight to where the experts read them */
+    size_t me_row = s->sd[me] / (size_t)C;
+    moe_permute_forward(s->xr + s->rd[me], x, row_token + me_row, (int)s->send_rows[me], C);
+    for (int i = 0; i < nreq; i++) { /* complete everything posted, even after a failure */
+        moe_status w = moe_wait(&reqs[i]);
+        if (st == MOE_OK)
+            st = w;
+    }
+    return st;
 }
 
 moe_status moe_ep_dispatch_again(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *rows,
@@ -143,13 +177,13 @@ moe_status moe_ep_combine(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *m
     return moe_alltoallv(ep, rows, s->rc, s->rd, out, s->sc, s->sd, MOE_DT_F32);
 }
 
-moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *xs,
-                          const int32_t *slot_offsets, int R, int C, int F, const float *w13,
-                          const float *w2, float *ys)
+moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *x,
+                          const int32_t *row_token, float *xs, const int32_t *slot_offsets, int R, int C, int F,
+                          const float *w13, const float *w2, float *ys)
 {
     (void)R;
     int segs = map->ep_size * map->E_local;
-    MOE_TRY(moe_ep_dispatch(s, ep, map, xs, slot_offsets, C, F));
+    MOE_TRY(moe_ep_dispatch(s, ep, map, x, row_token, xs, slot_offsets, C, F));
     moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, w13, w2, s->offsets, s->seg_expert, segs, C, F);
     return moe_ep_combine(s, ep, map, s->ye, C, ys);
 }

@@ -64,23 +64,30 @@ typedef struct {
 void moe_ep_layer_free(moe_ep_layer *s);
 
 /*
-** xs (R, C): this rank's rows in slot order; slot_offsets[E+1] delimit each
-** slot's rows (padding rows included where the plan padded). ys (R, C) receives the expert outputs
-** of the same rows. w13 (E_local, 2F, C), w2 (E_local, C, F): this rank's experts.
+** x (N, C): this rank's token activations; row r of the slot-ordered rows is
+** x[row_token[r]] (-1: a zero padding row); slot_offsets[E+1] delimit each
+** slot's rows. xs (R, C) is scratch for the rows in flight. ys (R, C)
+** receives the expert outputs of the same rows. w13 (E_local, 2F, C),
+** w2 (E_local, C, F): this rank's experts.
 */
 moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
-                          const float *xs, const int32_t *slot_offsets, int R, int C, int F,
+                          const float *x, const int32_t *row_token, float *xs,
+                          const int32_t *slot_offsets, int R, int C, int F,
                           const float *w13, const float *w2, float *ys);
 
 /*
 ** The two halves of the exchange, for callers that put their own work in
-** between (benchmarks, the overlap engine). dispatch: counts + all-to-all(v)
-** of rows in slot order into s->xr (segments s->offsets / s->seg_expert).
+** between (benchmarks, the overlap engine). dispatch: counts, then each
+** peer's rows are gathered from x (row r is x[row_token[r]], zero for padding
+** rows) into xs and sent at once, so gathering the next peer's rows overlaps
+** the transfer of the last; this rank's own rows are gathered straight into
+** s->xr. Received rows land in s->xr (segments s->offsets / s->seg_expert).
 ** dispatch_again: more rows along the same routes (backward), into out.
 ** combine: rows laid out like s->xr travel home into out (R, C), slot order.
 */
 moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
-                           const float *xs, const int32_t *slot_offsets, int C, int F);
+                           const float *x, const int32_t *row_token, float *xs,
+                           const int32_t *slot_offsets, int C, int F);
 moe_status moe_ep_dispatch_again(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
                                  const float *rows, int C, float *out);
 moe_status moe_ep_combine(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,

@@ -5,7 +5,8 @@
 ** Every rank routes `tokens` tokens of width `hidden` to top-k of `experts`
 ** experts spread over all ranks (uniform random routing, seeded per rank).
 ** One iteration is what a training step's MoE layer exchanges: forward
-** dispatch + combine, backward dispatch + combine (the experts themselves are
+** dispatch (gathering each peer's rows from the token activations as it
+** sends them) + combine, backward dispatch + combine (the experts themselves are
 ** skipped: combine sends the dispatched rows straight back). The baseline is
 ** four MPI_Alltoallv calls with exactly the same counts, on buffers already
 ** laid out: what the exchange costs with no counting, permuting or regrouping.
@@ -105,14 +106,14 @@ int moe_bench_a2a(int argc, char **argv)
         x[i] = (float)moe_rng_uniform(&rng);
     moe_route_plan(counts, offsets, slot_row, row_token, row_slot, slots, NULL, N, E, K, 0, MOE_DROP_POSITION, 0);
 
+    moe_permute_forward(xs, x, row_token, R, C); /* the bare baseline's rows, already in place */
     moe_ep_layer s;
     memset(&s, 0, sizeof s);
     double *t_disp = malloc(sizeof(double) * a.iters), *t_bare = malloc(sizeof(double) * a.iters);
     for (int it = -2; it < a.iters; it++) { /* two warm-up iterations */
         moe_barrier(world);
         double t0 = moe_now();
-        moe_permute_forward(xs, x, row_token, R, C);
-        st = moe_ep_dispatch(&s, world, &map, xs, offsets, C, 1);
+        st = moe_ep_dispatch(&s, world, &map, x, row_token, xs, offsets, C, 1);
         if (st == MOE_OK)
             st = moe_ep_combine(&s, world, &map, s.xr, C, back);
         if (st == MOE_OK)

@@ -99,12 +99,13 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
                              c->moe_pad_expert_input_to_capacity);
     if (s->rows < 0)
         return moe_fail(MOE_ERR_INTERNAL, "layer %d: route plan refused the router's output", l);
-    moe_permute_forward(s->xs, s->h2, s->row_token, s->rows, C);
-    if (m->par.ep)
-        MOE_TRY(moe_ep_forward(&m->ep_layers[li], m->par.ep, m->par.map, s->xs, s->offsets, s->rows, C,
-                               m->F, p->w13, p->w2, s->ys));
-    else
+    if (m->par.ep) { /* the dispatcher gathers each peer's rows as it sends them */
+        MOE_TRY(moe_ep_forward(&m->ep_layers[li], m->par.ep, m->par.map, s->h2, s->row_token, s->xs, s->offsets,
+                               s->rows, C, m->F, p->w13, p->w2, s->ys));
+    } else {
+        moe_permute_forward(s->xs, s->h2, s->row_token, s->rows, C);
         moe_experts_forward(s->ys, s->h13, s->act, s->xs, p->w13, p->w2, s->offsets, E, C, m->F);
+    }
     moe_unpermute_forward(m->ffn_out, s->ys, s->topk_w, s->slot_row, N, K, C);
     if (m->Fs) {
         moe_linear_forward(s->sh13, s->h2, p->sw13, N, C, 2 * m->Fs);
