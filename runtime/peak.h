@@ -20,7 +20,9 @@ typedef struct {
 } moe_peak;
 
 moe_status moe_peak_measure(moe_peak *out, int size, int reps);
-/* Reads the cache; on a miss measures and stores it. */
+/* Reads the cache (on a miss measures and stores it), then raises the result
+** to the best per-thread rate any cached thread count of this host and BLAS
+** core type has shown, times this thread count. */
 moe_status moe_peak_get(moe_peak *out);
 /* Stores a measurement unless the cache already holds a higher one: the
 ** peak is the best the machine has shown, and a busy moment must not lower
