@@ -136,7 +136,8 @@ static moe_status check_layout(const moe_config *c)
                             c->expert_tensor_parallel_size, NULL));
     MOE_TRY(moe_layout_check_model(&l, c->num_experts, c->num_attention_heads, c->num_query_groups,
                                    c->num_layers, c->seq_length, c->sequence_parallel));
-    return moe_layout_check_build(&l);
+    MOE_TRY(moe_layout_check_build(&l));
+    return moe_config_check_build(c);
 }
 
 static void usage(FILE *f)

@@ -198,9 +198,7 @@ static moe_status check_supported(const moe_config *c)
     if (c->vocab_size <= 0)
         return moe_fail(MOE_ERR_USAGE, "vocab-size is %d: set it, or let the trainer take it from the data",
                         c->vocab_size);
-    if (c->recompute_granularity != 0)
-        return moe_fail(MOE_ERR_USAGE, "recompute-granularity other than none is not supported by this build");
-    return MOE_OK;
+    return moe_config_check_build(c);
 }
 
 moe_status moe_model_create(moe_model **out, const moe_config *cfg, int max_batch)

@@ -40,6 +40,7 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
                                    cfg->num_query_groups, cfg->num_layers, cfg->seq_length,
                                    cfg->sequence_parallel));
     MOE_TRY(moe_layout_check_build(&w->layout));
+    MOE_TRY(moe_config_check_build(cfg));
 
     static const moe_group_kind used[] = {MOE_G_DP_CP, MOE_G_EP, MOE_G_EDP, MOE_G_TP_DP_CP};
     for (size_t i = 0; i < sizeof used / sizeof *used; i++)

@@ -111,6 +111,11 @@ moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first
 /* Checks relations between keys and resolves derived fields. Idempotent. */
 moe_status moe_config_validate(moe_config *c);
 
+/* Refuses valid settings this build does not run yet (recompute-granularity
+** other than none, moe-overlap other than none), naming them: the launcher
+** calls it before starting workers, the workers and the model again. */
+moe_status moe_config_check_build(const moe_config *c);
+
 /* Writes every key (resolved values) as YAML that moe_config_load_yaml reads back. */
 moe_status moe_config_write_yaml(const moe_config *c, FILE *f);
 moe_status moe_config_save(const moe_config *c, const char *path);

@@ -22,6 +22,12 @@ expect_output "num-layers"
 expect_status 2 "$MOE" train "${R[@]}" --data-path "$D/no-such-data" --train-iters 30
 expect_output "no-such-data"
 expect_status 2 "$MOE" train "${R[@]}" --nproc 3 --expert-model-parallel-size 2
+expect_status 2 "$MOE" train --run-dir "$D/refused" --moe-overlap fine
+expect_output "moe-overlap"
+expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --tensor-model-parallel-size 2 --sequence-parallel \
+  --micro-batch-size 2
+expect_output "not supported by this build"
+[ ! -e "$D/refused" ] || fail "a refused run started anyway ($D/refused exists)"
 expect_status 2 "$MOE" frobnicate
 expect_output "unknown command"
 expect_status 2 "$MOE" data prepare --input "$D/missing.txt" --out "$D/out"
