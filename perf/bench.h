@@ -4,5 +4,6 @@
 
 /* argv after the benchmark's name; returns the exit status. */
 int moe_bench_a2a(int argc, char **argv);
+int moe_bench_planner(int argc, char **argv);
 
 #endif

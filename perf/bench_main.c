@@ -182,6 +182,7 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
         printf("usage: moe bench gemm [--size N] [--reps R] [--json]\n"
                "       moe bench train [--config F] [--<key> V ...] [--steps S] [--warmup W] [--vs-torch] [--json]\n"
+               "       moe bench planner --gen-trace FILE [--layers L --experts E --topk K --skew S --seed N ...]\n"
                "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
@@ -191,6 +192,8 @@ int main(int argc, char **argv)
         return bench_train(argc - 2, argv + 2);
     if (strcmp(argv[1], "a2a") == 0)
         return moe_bench_a2a(argc - 2, argv + 2);
-    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a)\n", argv[1]);
+    if (strcmp(argv[1], "planner") == 0)
+        return moe_bench_planner(argc - 2, argv + 2);
+    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, planner)\n", argv[1]);
     return 2;
 }

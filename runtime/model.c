@@ -296,6 +296,8 @@ void moe_model_free(moe_model *m)
     moe_free(m->ep_layers);
     moe_free(m->layer_first);
     moe_free(m->layer_count);
+    moe_free(m->trace_load);
+    moe_free(m->trace_trans);
     moe_free(m->acts);
     moe_free(m->expert_bias);
     moe_free(m->load_counts);
@@ -407,4 +409,36 @@ float *moe_model_state_data(moe_model *m, size_t *count)
 {
     *count = (size_t)m->n_moe * m->E;
     return m->expert_bias;
+}
+
+int moe_model_num_moe_layers(const moe_model *m) { return m->n_moe; }
+
+moe_status moe_model_set_trace(moe_model *m, int on)
+{
+    if (on && !m->trace_load) {
+        size_t E = (size_t)m->E, pairs = m->n_moe > 1 ? (size_t)(m->n_moe - 1) * E * E : 1;
+        MOE_TRY(moe_alloc((void **)&m->trace_load, sizeof(double) * (size_t)m->n_moe * E + 1, "trace counts"));
+        MOE_TRY(moe_alloc((void **)&m->trace_trans, sizeof(double) * pairs, "trace transitions"));
+    }
+    m->trace_on = on;
+    return MOE_OK;
+}
+
+void moe_model_take_trace(moe_model *m, double *load, double *transitions)
+{
+    size_t E = (size_t)m->E, nl = (size_t)m->n_moe * E, nt = m->n_moe > 1 ? (size_t)(m->n_moe - 1) * E * E : 0;
+    if (!m->trace_load) {
+        if (load)
+            memset(load, 0, nl * sizeof(double));
+        if (transitions)
+            memset(transitions, 0, nt * sizeof(double));
+        return;
+    }
+    if (load)
+        memcpy(load, m->trace_load, nl * sizeof(double));
+    if (transitions && nt)
+        memcpy(transitions, m->trace_trans, nt * sizeof(double));
+    memset(m->trace_load, 0, nl * sizeof(double));
+    if (nt)
+        memset(m->trace_trans, 0, nt * sizeof(double));
 }

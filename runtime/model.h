@@ -130,6 +130,18 @@ moe_status moe_model_reduce_load(moe_model *m, moe_comm *group);
 ** fraction of (token, slot) pairs dropped by capacity. Clears the counts. */
 void moe_model_take_load(moe_model *m, double *imbalance, double *dropped_frac);
 
+/*
+** Routing traces (--trace-routing): while on, every forward adds each MoE
+** layer's (token, slot) pairs per expert (before capacity drops), and for
+** consecutive MoE layers every pair (expert of layer l, expert of layer l+1)
+** of each token's choices, to counters kept in the model. take copies them
+** out (load [n_moe][E], transitions [n_moe-1][E][E]; either may be NULL) and
+** clears them.
+*/
+moe_status moe_model_set_trace(moe_model *m, int on);
+void moe_model_take_trace(moe_model *m, double *load, double *transitions);
+int moe_model_num_moe_layers(const moe_model *m);
+
 /* The table and buffers. */
 const moe_param_info *moe_model_params(const moe_model *m, int *count);
 float *moe_model_param_data(moe_model *m);

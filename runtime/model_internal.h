@@ -49,6 +49,11 @@ struct moe_model {
     int32_t *topk_slot; /* (N, K) router choices in slot order (see parallel/ep.h) */
     int *layer_first, *layer_count; /* table entries of each layer */
 
+    int trace_on;           /* count routing for a trace (see model.h) */
+    double *trace_load;     /* (n_moe, E) */
+    double *trace_trans;    /* (n_moe - 1, E, E) */
+    int prev_moe_layer;     /* during forward: the last MoE layer run, -1 before the first */
+
     int sync_on;        /* sum gradients over dp groups during the next backward */
     moe_request *sync_reqs[MOE_MAX_SYNC_REQS];
     int nsync;

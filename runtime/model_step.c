@@ -63,6 +63,25 @@ static void attn_backward(moe_model *m, int l, int N)
 /* ------------------------------------------------------------------------- */
 /* MoE FFN: ffn_out = sum_k w_k expert_k(h2) + shared(h2)                    */
 
+/* Adds this layer's routing to the trace counters: pairs per expert, and each
+** token's (previous MoE layer's expert, this layer's expert) pairs. */
+static void trace_routing(moe_model *m, int l, int N)
+{
+    const moe_layer_acts *s = &m->acts[l];
+    int E = m->E, K = m->K, li = m->moe_index[l];
+    for (int e = 0; e < E; e++)
+        m->trace_load[(size_t)li * E + e] += s->counts[e];
+    if (m->prev_moe_layer >= 0) {
+        const int32_t *prev = m->acts[m->prev_moe_layer].topk_idx;
+        double *t = m->trace_trans + (size_t)(li - 1) * E * E;
+        for (int n = 0; n < N; n++)
+            for (int a = 0; a < K; a++)
+                for (int b = 0; b < K; b++)
+                    t[(size_t)prev[n * K + a] * E + s->topk_idx[n * K + b]] += 1;
+    }
+    m->prev_moe_layer = l;
+}
+
 static int capacity_of(const moe_model *m, int N)
 {
     double cf = m->cfg.moe_expert_capacity_factor;
@@ -114,6 +133,8 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
         add_into(m->ffn_out, m->ffn_out, m->tmp_nc, (size_t)N * C);
     }
 
+    if (m->trace_on)
+        trace_routing(m, l, N);
     double *load = m->load_counts + (size_t)li * E;
     long kept = 0;
     for (int e = 0; e < E; e++) {
@@ -229,6 +250,7 @@ moe_status moe_model_forward(moe_model *m, const int32_t *inputs, const int32_t 
                             inputs[i], i, m->V);
     memset(st, 0, sizeof *st);
     m->B = B;
+    m->prev_moe_layer = -1;
     m->tokens = inputs;
 
     moe_embedding_forward(m->acts[0].x_in, inputs, m->wte, N, m->C);

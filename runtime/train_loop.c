@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <omp.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "planner/trace.h"
 #include "runtime/base/cpu.h"
 #include "runtime/base/fs.h"
 #include "runtime/base/log.h"
@@ -37,6 +39,8 @@ typedef struct {
     double flops_per_token;
     uint64_t next_seq;
     long start_step;
+    moe_trace trace;       /* rank 0: the windows recorded so far (--trace-routing) */
+    long trace_first_step; /* first step of the window being counted */
 } run_state;
 
 static int is_root(const run_state *s) { return !s->par.world || moe_comm_rank(s->par.world) == 0; }
@@ -53,6 +57,72 @@ static moe_status load_checkpoint(run_state *s)
     if (is_root(s))
         moe_info("resumed from %s at step %ld", dir, s->start_step);
     return MOE_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* routing traces: counted by the model, gathered here once per window       */
+
+static moe_status trace_open(run_state *s)
+{
+    moe_model *m = moe_trainer_model(s->trainer);
+    if (!s->cfg.trace_routing[0])
+        return MOE_OK;
+    if (moe_model_num_moe_layers(m) == 0)
+        return moe_fail(MOE_ERR_USAGE, "trace-routing: the model has no MoE layers to trace");
+    s->trace = (moe_trace){.layers = moe_model_num_moe_layers(m), .experts = s->cfg.num_experts,
+                           .topk = s->cfg.moe_router_topk, .sources = s->par.world ? moe_comm_size(s->par.world) : 1};
+    s->trace_first_step = s->start_step;
+    return moe_model_set_trace(m, 1);
+}
+
+/* Ends the window [trace_first_step, step): every rank's counts to rank 0,
+** which appends the window and rewrites the trace file (atomically). */
+static moe_status trace_flush(run_state *s, long step)
+{
+    moe_trace *t = &s->trace;
+    if (!s->cfg.trace_routing[0] || step <= s->trace_first_step)
+        return MOE_OK;
+    size_t nl = (size_t)t->layers * t->experts, nt = (size_t)(t->layers - 1) * t->experts * t->experts;
+    size_t W = (size_t)t->sources;
+    double *mine = NULL, *all = NULL, *trans = NULL;
+    moe_trace_window *grown = NULL;
+    moe_status st = MOE_OK;
+    MOE_TRY_GOTO(moe_alloc((void **)&mine, nl * sizeof(double), "trace counts"), st, done);
+    MOE_TRY_GOTO(moe_alloc((void **)&all, W * nl * sizeof(double), "trace counts"), st, done);
+    MOE_TRY_GOTO(moe_alloc((void **)&trans, (nt ? nt : 1) * sizeof(double), "trace transitions"), st, done);
+    moe_model_take_trace(moe_trainer_model(s->trainer), mine, trans);
+    if (s->par.world) {
+        MOE_TRY_GOTO(moe_allgather(s->par.world, mine, all, nl, MOE_DT_F64), st, done);
+        if (nt)
+            MOE_TRY_GOTO(moe_allreduce(s->par.world, trans, nt, MOE_DT_F64, MOE_OP_SUM), st, done);
+    } else {
+        memcpy(all, mine, nl * sizeof(double));
+    }
+    if (is_root(s)) {
+        /* gathered as [source][layer][expert]; the trace keeps [layer][source][expert] */
+        moe_trace_window w = {.first_step = s->trace_first_step, .steps = step - s->trace_first_step,
+                              .transitions = nt ? trans : NULL};
+        MOE_TRY_GOTO(moe_alloc((void **)&w.load, W * nl * sizeof(double), "trace window"), st, done);
+        for (size_t r = 0; r < W; r++)
+            for (int l = 0; l < t->layers; l++)
+                memcpy(w.load + ((size_t)l * W + r) * t->experts, all + r * nl + (size_t)l * t->experts,
+                       (size_t)t->experts * sizeof(double));
+        grown = realloc(t->windows, sizeof *t->windows * (size_t)(t->nwindows + 1));
+        if (!grown) {
+            moe_free(w.load);
+            MOE_TRY_GOTO(moe_fail(MOE_ERR_NOMEM, "out of memory growing the routing trace"), st, done);
+        }
+        t->windows = grown;
+        t->windows[t->nwindows++] = w;
+        trans = NULL; /* the window owns it now */
+        MOE_TRY_GOTO(moe_trace_write(s->cfg.trace_routing, t), st, done);
+    }
+    s->trace_first_step = step;
+done:
+    moe_free(mine);
+    moe_free(all);
+    moe_free(trans);
+    return st;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -89,6 +159,7 @@ static moe_status open_run(run_state *s, const moe_config *cfg, const moe_traine
         snprintf(s->ckpt_root, sizeof s->ckpt_root, "%s/checkpoints", c->run_dir);
     if (c->load[0])
         MOE_TRY(load_checkpoint(s));
+    MOE_TRY(trace_open(s));
     if (is_root(s)) {
         MOE_TRY(moe_metrics_open(&s->metrics, c->run_dir, c->train_iters, s->start_step > 0));
         s->metrics_open = 1;
@@ -119,6 +190,7 @@ static moe_status open_run(run_state *s, const moe_config *cfg, const moe_traine
 
 static void close_run(run_state *s)
 {
+    moe_trace_free(&s->trace);
     if (s->metrics_open)
         moe_metrics_close(&s->metrics);
     moe_free(s->inputs);
@@ -147,6 +219,9 @@ static moe_status fetch_local(run_state *s, moe_data *d, uint64_t first, int cou
 static moe_status evaluate(run_state *s, long step, double *val_loss)
 {
     const moe_config *c = &s->cfg;
+    moe_model *m = moe_trainer_model(s->trainer);
+    if (c->trace_routing[0]) /* evaluation routing is not training routing */
+        MOE_TRY(moe_model_set_trace(m, 0));
     int chunk = c->global_batch_size, local = chunk / s->par.dp_size;
     double sum = 0;
     for (int i = 0; i < c->eval_iters; i++) {
@@ -157,6 +232,8 @@ static moe_status evaluate(run_state *s, long step, double *val_loss)
         sum += l;
     }
     *val_loss = sum / c->eval_iters;
+    if (c->trace_routing[0])
+        MOE_TRY(moe_model_set_trace(m, 1));
     return s->metrics_open ? moe_metrics_eval(&s->metrics, step, *val_loss) : MOE_OK;
 }
 
@@ -190,6 +267,8 @@ static moe_status train_loop(run_state *s, moe_run_result *res)
             MOE_TRY(moe_metrics_train(&s->metrics, &r, print));
         res->steps_done = r.step;
         res->last_loss = r.loss;
+        if (c->trace_routing[0] && (r.step % c->trace_window == 0 || r.step == c->train_iters))
+            MOE_TRY(trace_flush(s, r.step));
         if (c->eval_interval > 0 && (r.step % c->eval_interval == 0 || r.step == c->train_iters))
             MOE_TRY(evaluate(s, r.step, &res->last_val_loss));
         int stop;
@@ -198,6 +277,7 @@ static moe_status train_loop(run_state *s, moe_run_result *res)
         if (periodic || r.step == c->train_iters || stop)
             MOE_TRY(save_checkpoint(s, r.step));
         if (stop) {
+            MOE_TRY(trace_flush(s, r.step));
             res->stopped_early = 1;
             if (is_root(s))
                 moe_info("stop requested: saved step %ld, exiting", r.step);

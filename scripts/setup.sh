@@ -21,7 +21,7 @@ done
 pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin protobuf-c-compiler libprotobuf-c-dev libhwloc-dev
       check libsubunit-dev libopenblas-openmp-dev libyaml-dev libsodium-dev libxxhash-dev
-      bible-kjv)
+      coinor-libcbc-dev bible-kjv)
 [ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy)
 
 missing=()

@@ -87,6 +87,8 @@ typedef struct {
     int sequence_parallel;
     int use_distributed_optimizer;
     int moe_overlap;              /* 0 none, 1 coarse, 2 fine */
+    char trace_routing[MOE_PATH_MAX]; /* RoutingTrace file to record; "" = off */
+    int trace_window;             /* training steps per trace window */
 
     /* run */
     char run_dir[MOE_PATH_MAX];

@@ -131,7 +131,8 @@ START_TEST(test_round_trip)
         {"tensor-model-parallel-size", "1"}, {"pipeline-model-parallel-size", "2"},
         {"context-parallel-size", "1"}, {"expert-model-parallel-size", "2"},
         {"expert-tensor-parallel-size", "1"}, {"sequence-parallel", "true"},
-        {"use-distributed-optimizer", "true"}, {"moe-overlap", "fine"}, {"run-dir", "runs/x: y"},
+        {"use-distributed-optimizer", "true"}, {"moe-overlap", "fine"}, {"trace-routing", "t.pb"},
+        {"trace-window", "25"}, {"run-dir", "runs/x: y"},
         {"nproc", "4"}, {"num-threads", "3"},
     };
     moe_config a, b;
