@@ -20,9 +20,10 @@ static void usage(FILE *f)
             "commands:\n"
             "  train             train a model locally (moe train --help)\n"
             "  data prepare      turn text into token shards (moe data prepare --help)\n"
-            "  inspect           validate and show a checkpoint (moe inspect checkpoint DIR)\n"
+            "  inspect           checkpoint DIR | trace FILE | plan PLAN, validated and shown\n"
             "  plan topology     the parallel groups of a layout (moe plan topology --help)\n"
-            "  bench             benchmarks: gemm, train, a2a (moe bench --help)\n"
+            "  plan placement    place experts on ranks from a routing trace (moe plan placement --help)\n"
+            "  bench             benchmarks: gemm, train, a2a, planner (moe bench --help)\n"
             "\n"
             "Exit status: 0 success, 2 bad usage or input, 1 failure while running.\n");
 }

@@ -1,4 +1,5 @@
 #include "launch/inspect.h"
+#include "launch/inspect_plan.h"
 #include "launch/inspect_trace.h"
 
 #include <inttypes.h>
@@ -12,6 +13,7 @@
 
 static const char *USAGE = "usage: moe inspect checkpoint DIR [--json]\n"
                            "       moe inspect trace FILE [--json]    (routing trace: load, skew, drift)\n"
+                           "       moe inspect plan PLAN [--json]     (expert placement)\n"
                            "  checkpoint DIR  a step directory (ROOT/step-NNNNNNN): its step, data position,\n"
                            "                  RNG state, shards and tensors (each slice of a sharded one);\n"
                            "                  every shard and every checksum is verified\n"
@@ -241,15 +243,17 @@ static int is_help(const char *a) { return strcmp(a, "-h") == 0 || strcmp(a, "--
 int moe_inspect_main(int argc, char **argv)
 {
     if (argc < 1)
-        return usage_error("missing kind (expected: checkpoint, trace)");
+        return usage_error("missing kind (expected: checkpoint, trace, plan)");
     if (is_help(argv[0])) {
         fputs(USAGE, stdout);
         return 0;
     }
     if (strcmp(argv[0], "trace") == 0)
         return moe_inspect_trace_main(argc - 1, argv + 1);
+    if (strcmp(argv[0], "plan") == 0)
+        return moe_inspect_plan_main(argc - 1, argv + 1);
     if (strcmp(argv[0], "checkpoint") != 0) {
-        fprintf(stderr, "moe inspect: unknown kind '%s' (expected: checkpoint, trace)\n", argv[0]);
+        fprintf(stderr, "moe inspect: unknown kind '%s' (expected: checkpoint, trace, plan)\n", argv[0]);
         return 2;
     }
     const char *dir = NULL;

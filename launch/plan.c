@@ -1,4 +1,5 @@
 #include "launch/plan.h"
+#include "launch/plan_placement.h"
 #include "launch/args.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 
 static const char *PLAN_USAGE = "usage: moe plan SUBCOMMAND [options]\n"
                                 "  topology   show the parallel layout of W ranks: sizes, coordinates, groups\n"
+                                "  placement  place experts on ranks from a routing trace (ILP on CBC, baselines)\n"
                                 "Run 'moe plan SUBCOMMAND --help' for its options.\n";
 
 static const char *TOPO_PROG = "moe plan topology";
@@ -252,7 +254,7 @@ int moe_plan_main(int argc, char **argv)
 {
     moe_error_clear();
     if (argc < 1) {
-        fprintf(stderr, "moe plan: error: missing plan (expected: topology)\n%s", PLAN_USAGE);
+        fprintf(stderr, "moe plan: error: missing plan (expected: topology, placement)\n%s", PLAN_USAGE);
         return 2;
     }
     if (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
@@ -262,6 +264,8 @@ int moe_plan_main(int argc, char **argv)
     }
     if (strcmp(argv[0], "topology") == 0)
         return topology_main(argc - 1, argv + 1);
-    fprintf(stderr, "moe plan: error: unknown plan '%s' (expected: topology)\n", argv[0]);
+    if (strcmp(argv[0], "placement") == 0)
+        return moe_plan_placement_main(argc - 1, argv + 1);
+    fprintf(stderr, "moe plan: error: unknown plan '%s' (expected: topology, placement)\n", argv[0]);
     return 2;
 }

@@ -761,9 +761,10 @@ START_TEST(test_inspect)
     ck_assert_int_eq(captured(1, out, sizeof out, inspect_args, none), 2);
     ck_assert_msg(strstr(out, "\"valid\":false") && strstr(out, "step-0000999"), "%s", out);
 
-    char *kind[] = {"plan", "x", NULL};
+    char *kind[] = {"frobnicate", "x", NULL};
     ck_assert_int_eq(captured(2, err, sizeof err, inspect_args, kind), 2);
-    ck_assert_msg(strstr(err, "moe inspect: unknown kind 'plan' (expected: checkpoint)"), "%s", err);
+    ck_assert_msg(strstr(err, "moe inspect: unknown kind 'frobnicate' (expected: checkpoint, trace, plan)"), "%s",
+                  err);
     char *nodir[] = {"checkpoint", NULL};
     ck_assert_int_eq(captured(2, err, sizeof err, inspect_args, nodir), 2);
     char *noargs[] = {NULL};

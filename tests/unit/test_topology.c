@@ -692,9 +692,9 @@ START_TEST(test_plan_tables_and_errors)
     ck_assert_int_eq(run_plan(2, missing, out, sizeof out, err, sizeof err), 2);
     ck_assert_ptr_nonnull(strstr(err, "--world needs a value"));
 
-    const char *unknown[] = {"placement"};
+    const char *unknown[] = {"frobnicate"};
     ck_assert_int_eq(run_plan(1, unknown, out, sizeof out, err, sizeof err), 2);
-    ck_assert_ptr_nonnull(strstr(err, "unknown plan 'placement' (expected: topology)"));
+    ck_assert_ptr_nonnull(strstr(err, "unknown plan 'frobnicate' (expected: topology, placement)"));
     ck_assert_int_eq(run_plan(0, unknown, out, sizeof out, err, sizeof err), 2);
 }
 END_TEST

@@ -1,0 +1,131 @@
+/*
+** placement: where each MoE layer's experts live across the EP ranks.
+**
+** Input: a load matrix w (layers, experts), the tokens (token-expert pairs)
+** each expert received in a trace window (planner/trace.h,
+** moe_trace_expert_load). Output: a moe_plan (planner/plan.h). A rank's load
+** in a layer is the sum over the copies it holds of w[e] * share; the cost of
+** a plan is the sum over layers of the most loaded rank's load, because EP
+** ranks wait for each other at every layer's all-to-all (step time follows
+** sum_l max_r, not max_r sum_l). Without a communication term the problem
+** separates by layer, and every method below places one layer at a time.
+**
+** Methods (slots S per rank per layer, R = ep ranks):
+**   contiguous   expert e on rank e*R/E (Megatron's default)
+**   round-robin  expert e on rank e mod R
+**   greedy       LPT with a cardinality limit (EPLB's balanced_packing):
+**                heaviest expert first, onto the lightest rank with a free slot
+**   eplb         EPLB's global policy: `replicas` extra copies per layer go one
+**                by one to the expert with the largest w/copies, copies split
+**                the expert's tokens equally, then greedy packing of the copies
+**                (two copies of one expert never share a rank)
+**   ilp          per layer, CBC: binary x[e][r], sum_r x = 1, sum_e x <= S,
+**                sum_e w_e x_er <= M, minimise M; experts in descending-load
+**                order with x[i][r] = 0 for r > i (breaks rank symmetry), warm
+**                started from greedy. Each layer runs in a forked child under a
+**                wall-clock watchdog (CBC overruns its own limit in
+**                preprocessing); if it is killed or finds nothing better than
+**                greedy, the layer keeps the greedy plan (stats->fallback).
+**
+** Ranks per node is recorded but does not change any method. Why: this
+** runtime dispatches tokens to their experts and combines them back home, so
+** with data spread evenly over ranks each expert's tokens come equally from
+** every source rank; a rank's inter-node receive volume is then its load
+** times the fraction of sources on other nodes, the same fraction for every
+** rank. Minimising the max load therefore already minimises the max
+** inter-node traffic, and no placement changes the total.
+**
+** The lower bound per layer is max(solver bound, sum(w)/R, max_e w_e/c_e)
+** with c_e the copies of expert e under the optimal equal-split apportionment
+** (c_e = 1 without replication), rounded up when all loads are integers;
+** plan->lower_bound is its sum over layers, plan->gap =
+** (objective - lower_bound) / objective.
+*/
+#ifndef MOE_PLACEMENT_H
+#define MOE_PLACEMENT_H
+
+#include "planner/plan.h"
+#include "runtime/base/status.h"
+
+typedef enum {
+    MOE_PLACE_CONTIGUOUS,
+    MOE_PLACE_ROUND_ROBIN,
+    MOE_PLACE_GREEDY,
+    MOE_PLACE_EPLB,
+    MOE_PLACE_ILP,
+} moe_place_method;
+
+const char *moe_place_method_name(moe_place_method m);
+/* "ilp", "greedy", "contiguous", "round-robin", "eplb"; else MOE_ERR_USAGE. */
+moe_status moe_place_method_parse(const char *s, moe_place_method *out);
+
+typedef struct {
+    moe_place_method method;
+    int ep;              /* ranks R */
+    int ranks_per_node;  /* 0: ep (one node) */
+    int slots_per_rank;  /* 0: ceil((experts + replicas) / ep) */
+    int replicas;        /* extra copies per layer; eplb only */
+    double time_limit_s; /* ilp: wall-clock seconds per layer (> 0) */
+    double gap;          /* ilp: relative optimality gap to stop at (>= 0) */
+    int jobs;            /* ilp: layers solved at once; 0: online CPUs */
+} moe_place_opts;
+
+/* ilp, ep 1, time limit 10 s, gap 0.005, everything else derived. */
+void moe_place_opts_default(moe_place_opts *o);
+
+typedef struct {
+    int ilp_optimal;    /* layers the solver finished within the gap */
+    int ilp_limited;    /* layers stopped at the time limit with a plan better than greedy */
+    int fallback;       /* layers that kept the greedy plan: nothing better in time */
+    int watchdog_kills; /* layers whose solver the watchdog killed */
+} moe_place_stats;
+
+/* load is (layers, experts). *out is allocated here (moe_plan_free) and holds
+** the placement with objective, lower_bound, gap, solve_s filled in. stats may
+** be NULL. MOE_ERR_USAGE for impossible options (slots cannot hold the
+** experts, replicas with a method other than eplb, ...). */
+moe_status moe_place(const double *load, int layers, int experts, const moe_place_opts *o, moe_plan *out,
+                     moe_place_stats *stats);
+
+/* --- one layer, no replication: rank_of[e] for e in [0, E) ------------- */
+void moe_place_contiguous(int experts, int ranks, int *rank_of);
+void moe_place_round_robin(int experts, int ranks, int *rank_of);
+/* Needs ranks * slots >= experts. */
+moe_status moe_place_greedy(const double *w, int experts, int ranks, int slots, int *rank_of);
+
+typedef struct {
+    double objective;   /* max rank load of rank_of */
+    double bound;       /* max(solver bound, analytic bound) */
+    double seconds;     /* wall time including fork and model building */
+    int finished;       /* solver stopped on its own (optimal within gap) */
+    int killed;         /* the watchdog killed it */
+    int improved;       /* rank_of is the solver's, strictly better than start */
+} moe_ilp_result;
+
+/* Solves one layer in a forked child with a wall-clock watchdog. start is a
+** valid placement (e.g. greedy); rank_of gets the solver's plan if strictly
+** better, else a copy of start. */
+moe_status moe_place_ilp(const double *w, int experts, int ranks, int slots, const int *start, double time_limit_s,
+                         double gap, int *rank_of, moe_ilp_result *res);
+
+/* --- measures ------------------------------------------------------------ */
+/* Max and mean rank load of one layer of p under loads w[experts]. */
+void moe_plan_layer_load(const moe_plan *p, int layer, const double *w, double *max_load, double *mean_load);
+/* sum over layers of max rank load; load is (layers, experts). */
+double moe_plan_cost(const moe_plan *p, const double *load);
+/* The analytic lower bound of one layer (see top) with `copies` extra copies. */
+double moe_place_layer_bound(const double *w, int experts, int ranks, int copies);
+
+/* --- plan helpers (planner/plan.c) -------------------------------------- */
+/* The copies of expert e in layer l: p->ncopies[l * experts + e] of them. */
+static inline moe_plan_copy *moe_plan_copies(const moe_plan *p, int l, int e)
+{
+    return p->copies + ((size_t)l * p->experts + e) * p->max_copies;
+}
+/* moe_plan_validate, then refuses a plan made for another EP size (ep > 0),
+** layer count (layers > 0) or expert count (experts > 0). MOE_ERR_INPUT. */
+moe_status moe_plan_check(const moe_plan *p, int layers, int experts, int ep);
+/* Same, naming the plan (its file) in messages. */
+moe_status moe_plan_check_named(const moe_plan *p, const char *name, int layers, int experts, int ep);
+
+#endif
