@@ -23,3 +23,31 @@ moe_status moe_arg_value(int argc, char **argv, int *i, const char *name, const 
     *out = argv[++*i];
     return MOE_OK;
 }
+
+int moe_cmd_exit(const char *prog, moe_status st)
+{
+    if (st != MOE_OK) {
+        moe_error_print(stderr, prog);
+        if (st == MOE_ERR_USAGE)
+            fprintf(stderr, "run '%s --help' for usage\n", prog);
+    }
+    return moe_exit_code(st);
+}
+
+void moe_json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", f);
+        else if (*p == '\t')
+            fputs("\\t", f);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}

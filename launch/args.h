@@ -1,9 +1,12 @@
 /*
-** args: the flag conventions every `moe` subcommand shares: `--name V` or
-** `--name=V`, and a value never starts with `--`.
+** args: what every `moe` subcommand shares: the flag conventions (`--name V`
+** or `--name=V`, and a value never starts with `--`), how a subcommand ends
+** (message and exit status), and JSON string output.
 */
 #ifndef MOE_ARGS_H
 #define MOE_ARGS_H
+
+#include <stdio.h>
 
 #include "runtime/base/status.h"
 
@@ -12,5 +15,13 @@ int moe_arg_is_flag(const char *a);
 int moe_arg_is(const char *a, const char *name);
 /* Value of "--name V" or "--name=V" at argv[*i]; advances *i past what it used. */
 moe_status moe_arg_value(int argc, char **argv, int *i, const char *name, const char **out);
+
+/* A subcommand's exit: prints the failure ("PROG: error: ..." and, for bad
+** usage, where to find the usage) and returns the exit status. */
+int moe_cmd_exit(const char *prog, moe_status st);
+
+/* s as a JSON string literal (quotes, backslashes and control bytes escaped;
+** NULL writes ""). */
+void moe_json_string(FILE *f, const char *s);
 
 #endif

@@ -314,20 +314,6 @@ static moe_status remove_stale(const options *o, uint64_t ntrain_shards, uint64_
     return st;
 }
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 static void json_shards(FILE *f, const char *split, uint64_t n, uint64_t per_shard, int *first)
 {
     uint64_t nshards = shard_count(n, per_shard);
@@ -365,7 +351,7 @@ static moe_status write_meta(const options *o, const uint64_t *source_bytes, uin
     fprintf(f, "\n  ],\n  \"sources\": [");
     for (int i = 0; i < o->ninputs; i++) {
         fprintf(f, "%s\n    {\"path\": ", i ? "," : "");
-        json_string(f, o->inputs[i]);
+        moe_json_string(f, o->inputs[i]);
         fprintf(f, ", \"bytes\": %llu}", (unsigned long long)source_bytes[i]);
     }
     fprintf(f, "\n  ]\n}\n");
@@ -465,11 +451,5 @@ static moe_status run(int argc, char **argv)
 int moe_data_prepare_main(int argc, char **argv)
 {
     moe_error_clear();
-    moe_status st = run(argc, argv);
-    if (st != MOE_OK) {
-        moe_error_print(stderr, PROG);
-        if (st == MOE_ERR_USAGE)
-            fprintf(stderr, "run '%s --help' for usage\n", PROG);
-    }
-    return moe_exit_code(st);
+    return moe_cmd_exit(PROG, run(argc, argv));
 }

@@ -1,4 +1,5 @@
 #include "launch/inspect.h"
+#include "launch/args.h"
 #include "launch/inspect_plan.h"
 #include "launch/inspect_trace.h"
 
@@ -36,24 +37,6 @@ static int usage_error(const char *fmt, ...)
 /* ------------------------------------------------------------------------- */
 /* JSON                                                                       */
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p == '\n')
-            fputs("\\n", f);
-        else if (*p == '\t')
-            fputs("\\t", f);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 static void json_dims(FILE *f, const int64_t *d, size_t n)
 {
     fputc('[', f);
@@ -66,10 +49,10 @@ static void json_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
                         const int *tensor_ok, const char *error)
 {
     fputs("{\"dir\":", f);
-    json_str(f, dir);
+    moe_json_string(f, dir);
     fprintf(f, ",\"valid\":%s,\"error\":", error ? "false" : "true");
     if (error)
-        json_str(f, error);
+        moe_json_string(f, error);
     else
         fputs("null", f);
     if (!m) {
@@ -77,10 +60,10 @@ static void json_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
         return;
     }
     fprintf(f, ",\"format_version\":%u,\"created_by\":", m->format_version);
-    json_str(f, m->created_by);
+    moe_json_string(f, m->created_by);
     fprintf(f, ",\"step\":%" PRId64 ",\"data_next_sequence\":%" PRIu64 ",\"world_size\":%u,\"layout\":",
             m->step, m->data_next_sequence, m->world_size);
-    json_str(f, m->layout);
+    moe_json_string(f, m->layout);
     fputs(",\"rng_state\":[", f);
     for (size_t i = 0; i < m->n_rng_state; i++)
         fprintf(f, "%s\"%016" PRIx64 "\"", i ? "," : "", m->rng_state[i]);
@@ -88,7 +71,7 @@ static void json_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
     for (size_t i = 0; i < m->n_shards; i++) {
         const Moe__ShardFile *s = m->shards[i];
         fprintf(f, "%s{\"file\":", i ? "," : "");
-        json_str(f, s->file);
+        moe_json_string(f, s->file);
         fprintf(f, ",\"rank\":%u,\"size\":%" PRIu64 ",\"xxh64\":\"%016" PRIx64 "\",\"ok\":%s}", s->rank, s->size,
                 s->xxh64, shard_ok[i] ? "true" : "false");
     }
@@ -96,9 +79,9 @@ static void json_report(FILE *f, const char *dir, const Moe__CheckpointManifest 
     for (size_t i = 0; i < m->n_tensors; i++) {
         const Moe__TensorEntry *e = m->tensors[i];
         fprintf(f, "%s{\"name\":", i ? "," : "");
-        json_str(f, e->name);
+        moe_json_string(f, e->name);
         fputs(",\"dtype\":", f);
-        json_str(f, e->dtype);
+        moe_json_string(f, e->dtype);
         fputs(",\"global_shape\":", f);
         json_dims(f, e->global_shape, e->n_global_shape);
         fputs(",\"local_shape\":", f);

@@ -1,4 +1,5 @@
 #include "launch/inspect_plan.h"
+#include "launch/args.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,26 +13,12 @@ static const char *USAGE = "usage: moe inspect plan PLAN [--json]\n"
                            "  validate an expert placement plan and show it (--json: one object on stdout)\n"
                            "Exit status: 0 valid, 2 bad usage or invalid plan, 1 I/O failure.\n";
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", (unsigned char)*s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 static void print_json(FILE *f, const char *path, const moe_plan *p)
 {
     fputs("{\"file\":", f);
-    json_string(f, path);
+    moe_json_string(f, path);
     fputs(",\"method\":", f);
-    json_string(f, p->method);
+    moe_json_string(f, p->method);
     fprintf(f, ",\"ep\":%d,\"ranks_per_node\":%d,\"slots_per_rank\":%d,\"layers\":%d,\"experts\":%d,"
                "\"objective\":%.17g,\"lower_bound\":%.17g,\"gap\":%.17g,\"solve_s\":%.17g,\"placement\":[",
             p->ep, p->ranks_per_node, p->slots_per_rank, p->layers, p->experts, p->objective, p->lower_bound, p->gap,
@@ -111,11 +98,5 @@ static moe_status run(int argc, char **argv)
 int moe_inspect_plan_main(int argc, char **argv)
 {
     moe_error_clear();
-    moe_status st = run(argc, argv);
-    if (st != MOE_OK) {
-        moe_error_print(stderr, PROG);
-        if (st == MOE_ERR_USAGE)
-            fprintf(stderr, "run '%s --help' for usage\n", PROG);
-    }
-    return moe_exit_code(st);
+    return moe_cmd_exit(PROG, run(argc, argv));
 }

@@ -1,4 +1,5 @@
 #include "launch/inspect_trace.h"
+#include "launch/args.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -110,20 +111,6 @@ fail:
 /* ------------------------------------------------------------------------- */
 /* output                                                                     */
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 static void json_doubles(FILE *f, const char *key, const double *v, int n)
 {
     fprintf(f, ",\"%s\":[", key);
@@ -145,7 +132,7 @@ static void print_json(FILE *f, const char *path, const moe_trace *t, const trac
     const int L = t->layers, E = t->experts;
     const moe_trace_window *last = &t->windows[t->nwindows - 1];
     fputs("{\"file\":", f);
-    json_str(f, path);
+    moe_json_string(f, path);
     fprintf(f, ",\"layers\":%d,\"experts\":%d,\"topk\":%d,\"sources\":%d,\"windows\":%d", L, E, t->topk, t->sources,
             t->nwindows);
     fprintf(f, ",\"first_step\":%" PRId64 ",\"last_step\":%" PRId64 ",\"transitions\":%s", t->windows[0].first_step,

@@ -114,27 +114,13 @@ static moe_status parse_args(int argc, char **argv, options *o)
     return MOE_OK;
 }
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20)
-            fprintf(f, "\\u%04x", (unsigned char)*s);
-        else
-            fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 static void print_result(const options *o, const moe_plan *p, const double *load, const moe_place_stats *s,
                          double contiguous)
 {
     FILE *f = stdout;
     if (o->json) {
         fprintf(f, "{\"out\":");
-        json_string(f, o->out);
+        moe_json_string(f, o->out);
         fprintf(f, ",\"method\":\"%s\",\"ep\":%d,\"ranks_per_node\":%d,\"slots_per_rank\":%d,\"layers\":%d,"
                    "\"experts\":%d,\"objective\":%.17g,\"lower_bound\":%.17g,\"gap\":%.17g,\"solve_s\":%.6f,"
                    "\"contiguous_objective\":%.17g,\"max_mean\":[",
@@ -211,11 +197,5 @@ out_load:
 int moe_plan_placement_main(int argc, char **argv)
 {
     moe_error_clear();
-    moe_status st = run(argc, argv);
-    if (st != MOE_OK) {
-        moe_error_print(stderr, PROG);
-        if (st == MOE_ERR_USAGE)
-            fprintf(stderr, "run '%s --help' for usage\n", PROG);
-    }
-    return moe_exit_code(st);
+    return moe_cmd_exit(PROG, run(argc, argv));
 }
