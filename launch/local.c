@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "planner/placement.h"
 #include "runtime/base/config.h"
 #include "runtime/base/fs.h"
 #include "runtime/base/topology.h"
@@ -137,7 +138,16 @@ static moe_status check_layout(const moe_config *c)
     MOE_TRY(moe_layout_check_model(&l, c->num_experts, c->num_attention_heads, c->num_query_groups,
                                    c->num_layers, c->seq_length, c->sequence_parallel));
     MOE_TRY(moe_layout_check_build(&l));
-    return moe_config_check_build(c);
+    MOE_TRY(moe_config_check_build(c));
+    if (c->expert_placement[0]) {
+        int moe_layers = 0;
+        for (int i = 0; i < c->num_layers; i++)
+            moe_layers += c->moe_layer_is_moe[i] != 0;
+        moe_plan plan;
+        MOE_TRY(moe_plan_read_trainable(c->expert_placement, moe_layers, c->num_experts, l.ep, &plan));
+        moe_plan_free(&plan);
+    }
+    return MOE_OK;
 }
 
 static void usage(FILE *f)

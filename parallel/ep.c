@@ -6,7 +6,7 @@
 #include "layers/experts.h"
 #include "runtime/base/mem.h"
 
-moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int ep_rank)
+static moe_status map_alloc(moe_expert_map *m, int E, int ep_size, int ep_rank)
 {
     memset(m, 0, sizeof *m);
     if (ep_size < 1 || E % ep_size != 0)
@@ -19,6 +19,16 @@ moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int 
     MOE_TRY(moe_alloc((void **)&m->expert_rank, sizeof(int) * (size_t)E, "expert map"));
     MOE_TRY(moe_alloc((void **)&m->expert_local, sizeof(int) * (size_t)E, "expert map"));
     MOE_TRY(moe_alloc((void **)&m->local_experts, sizeof(int) * (size_t)m->E_local, "expert map"));
+    return MOE_OK;
+}
+
+moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int ep_rank)
+{
+    moe_status st = map_alloc(m, E, ep_size, ep_rank);
+    if (st != MOE_OK) {
+        moe_expert_map_free(m);
+        return st;
+    }
     for (int e = 0; e < E; e++) {
         m->expert_rank[e] = e / m->E_local;
         m->expert_local[e] = e % m->E_local;
@@ -26,6 +36,36 @@ moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int 
             m->local_experts[m->expert_local[e]] = e;
     }
     return MOE_OK;
+}
+
+moe_status moe_expert_map_from_ranks(moe_expert_map *m, int E, int ep_size, int ep_rank,
+                                     const int *rank_of_expert)
+{
+    moe_status st = map_alloc(m, E, ep_size, ep_rank);
+    if (st != MOE_OK) {
+        moe_expert_map_free(m);
+        return st;
+    }
+    int held[ep_size]; /* experts placed on each rank so far = the next local index there */
+    memset(held, 0, sizeof held);
+    for (int e = 0; e < E; e++) {
+        int r = rank_of_expert[e];
+        if (r < 0 || r >= ep_size) {
+            moe_expert_map_free(m);
+            return moe_fail(MOE_ERR_USAGE, "expert %d placed on rank %d, outside the EP group of %d", e, r, ep_size);
+        }
+        if (held[r] == m->E_local) {
+            int El = m->E_local;
+            moe_expert_map_free(m);
+            return moe_fail(MOE_ERR_USAGE, "rank %d holds more than %d experts (E / EP); the grouped expert "
+                            "layout needs every rank to hold exactly that many", r, El);
+        }
+        m->expert_rank[e] = r;
+        m->expert_local[e] = held[r]++;
+        if (r == ep_rank)
+            m->local_experts[m->expert_local[e]] = e;
+    }
+    return MOE_OK; /* E experts, none over E_local per rank: all exactly E_local */
 }
 
 void moe_expert_map_free(moe_expert_map *m)

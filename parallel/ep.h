@@ -39,6 +39,12 @@ typedef struct {
 
 /* Experts [r*E/ep, (r+1)*E/ep) on rank r. E % ep_size must be 0. */
 moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int ep_rank);
+/* Expert e on rank rank_of_expert[e] (E entries, each in [0, ep_size)); every
+** rank must hold exactly E / ep_size experts (the grouped layout needs equal
+** counts). Local order on a rank = increasing expert id. MOE_ERR_USAGE when
+** the table breaks either rule. */
+moe_status moe_expert_map_from_ranks(moe_expert_map *m, int E, int ep_size, int ep_rank,
+                                     const int *rank_of_expert);
 void moe_expert_map_free(moe_expert_map *m);
 static inline int moe_expert_slot(const moe_expert_map *m, int e)
 {

@@ -128,4 +128,10 @@ moe_status moe_plan_check(const moe_plan *p, int layers, int experts, int ep);
 /* Same, naming the plan (its file) in messages. */
 moe_status moe_plan_check_named(const moe_plan *p, const char *name, int layers, int experts, int ep);
 
+/* Reads a plan for training (--expert-placement) and refuses, as MOE_ERR_USAGE
+** naming the file, one the runtime cannot train with: another model or EP size,
+** replicated experts, or a rank without exactly experts / ep experts in some
+** layer. The launcher calls it before starting workers, the workers again. */
+moe_status moe_plan_read_trainable(const char *path, int layers, int experts, int ep, moe_plan *out);
+
 #endif

@@ -218,7 +218,7 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
         m->par = *par;
     if (m->par.ep && moe_comm_size(m->par.ep) == 1)
         m->par.ep = NULL;
-    if (m->par.ep && (!m->par.map || m->par.map->E != cfg->num_experts))
+    if (m->par.ep && (!m->par.maps || m->par.maps[0].E != cfg->num_experts))
         MOE_TRY_GOTO(moe_fail(MOE_ERR_INTERNAL, "expert parallelism without a matching expert map"), st, fail);
     MOE_TRY_GOTO(moe_config_validate(&m->cfg), st, fail);
     const moe_config *c = &m->cfg;
@@ -236,7 +236,7 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     m->Fd = c->ffn_hidden_size;
     m->T = c->seq_length;
     m->maxB = max_batch;
-    m->E_local = m->par.ep ? m->par.map->E_local : m->E;
+    m->E_local = m->par.ep ? m->par.maps[0].E_local : m->E;
 
     size_t pairs = (size_t)max_batch * m->T * m->K;
     size_t rows = pairs;
@@ -252,6 +252,10 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     MOE_TRY_GOTO(moe_alloc((void **)&m->moe_index, sizeof(int) * m->L, "layer index"), st, fail);
     for (int l = 0; l < m->L; l++)
         m->moe_index[l] = c->moe_layer_is_moe[l] ? m->n_moe++ : -1;
+    for (int i = 0; m->par.ep && i < m->n_moe; i++) /* one expert tensor shape serves every layer */
+        if (m->par.maps[i].E != m->E || m->par.maps[i].E_local != m->E_local)
+            MOE_TRY_GOTO(moe_fail(MOE_ERR_INTERNAL, "expert map of MoE layer %d does not match the model", i), st,
+                         fail);
 
     MOE_TRY_GOTO(moe_alloc((void **)&m->layer_first, sizeof(int) * m->L, "layer table"), st, fail);
     MOE_TRY_GOTO(moe_alloc((void **)&m->layer_count, sizeof(int) * m->L, "layer table"), st, fail);
@@ -333,6 +337,17 @@ static void fill_normal(float *w, size_t n, uint64_t stream, double std)
         w[j] = (float)(std * moe_rng_normal(&rng));
 }
 
+/* The map of the MoE layer that table entry i belongs to (NULL: all experts local). */
+static const moe_expert_map *entry_map(const moe_model *m, int i)
+{
+    if (!m->par.ep)
+        return NULL;
+    for (int l = 0; l < m->L; l++)
+        if (i >= m->layer_first[l] && i < m->layer_first[l] + m->layer_count[l] && m->moe_index[l] >= 0)
+            return &m->par.maps[m->moe_index[l]];
+    return NULL;
+}
+
 void moe_model_init(moe_model *m, uint64_t seed)
 {
     double std = m->cfg.init_method_std;
@@ -352,8 +367,9 @@ void moe_model_init(moe_model *m, uint64_t seed)
             continue;
         }
         size_t per = p->numel / (size_t)p->shape[0];
+        const moe_expert_map *map = entry_map(m, i);
         for (int l = 0; l < (int)p->shape[0]; l++) {
-            int e = m->par.ep ? m->par.map->local_experts[l] : l;
+            int e = map ? map->local_experts[l] : l;
             fill_normal(w + (size_t)l * per, per, stream + 0x9e3779b97f4a7c15ULL * (uint64_t)(e + 1), s);
         }
     }

@@ -72,14 +72,16 @@ typedef struct moe_model moe_model;
 
 /*
 ** How this rank's model is cut and whom it talks to (borrowed, not owned).
-** ep: the token all-to-all group, with map saying which experts are local
-** (expert tensors then hold E_local experts, in map->local_experts order).
+** ep: the token all-to-all group, with maps[i] saying which experts of MoE
+** layer i (i counts MoE layers only) are local: that layer's expert tensors
+** then hold E_local experts, in maps[i].local_experts order. Every map has
+** the same E and E_local; layers may place experts differently.
 ** dp_cp / edp: where non-expert / expert gradients are summed. Any may be
 ** NULL (or of size 1): that dimension is 1.
 */
 typedef struct {
     moe_comm *ep;
-    const moe_expert_map *map;
+    const moe_expert_map *maps; /* [MoE layers] */
     moe_comm *dp_cp;
     moe_comm *edp;
 } moe_model_par;

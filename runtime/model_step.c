@@ -109,7 +109,7 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
     const int32_t *plan_idx = s->topk_idx;
     if (m->par.ep) {
         for (int i = 0; i < N * K; i++)
-            m->topk_slot[i] = moe_expert_slot(m->par.map, s->topk_idx[i]);
+            m->topk_slot[i] = moe_expert_slot(&m->par.maps[li], s->topk_idx[i]);
         plan_idx = m->topk_slot;
     }
     s->rows = moe_route_plan(s->kept, s->offsets, s->slot_row, s->row_token, s->row_slot,
@@ -119,7 +119,7 @@ static moe_status moe_forward(moe_model *m, int l, int N, moe_fwd_stats *st)
     if (s->rows < 0)
         return moe_fail(MOE_ERR_INTERNAL, "layer %d: route plan refused the router's output", l);
     if (m->par.ep) { /* the dispatcher gathers each peer's rows as it sends them */
-        MOE_TRY(moe_ep_forward(&m->ep_layers[li], m->par.ep, m->par.map, s->h2, s->row_token, s->xs, s->offsets,
+        MOE_TRY(moe_ep_forward(&m->ep_layers[li], m->par.ep, &m->par.maps[li], s->h2, s->row_token, s->xs, s->offsets,
                                s->rows, C, m->F, p->w13, p->w2, s->ys));
     } else {
         moe_permute_forward(s->xs, s->h2, s->row_token, s->rows, C);
@@ -158,7 +158,7 @@ static moe_status moe_backward(moe_model *m, int l, int N, float aux_scale)
 
     moe_unpermute_backward(m->dys, m->dtopk_w, m->dres, s->ys, s->topk_w, s->slot_row, N, K, C, s->rows);
     if (m->par.ep)
-        MOE_TRY(moe_ep_backward(&m->ep_layers[m->moe_index[l]], m->par.ep, m->par.map, m->dys, s->rows, C,
+        MOE_TRY(moe_ep_backward(&m->ep_layers[m->moe_index[l]], m->par.ep, &m->par.maps[m->moe_index[l]], m->dys, s->rows, C,
                                 m->F, p->w13, p->w2, g->w13, g->w2, m->dxs));
     else
         moe_experts_backward(m->dxs, g->w13, g->w2, m->dh13, m->dact, m->dys, s->xs, s->h13, s->act,

@@ -13,6 +13,7 @@
 #include "runtime/train_ckpt.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -114,34 +115,48 @@ static void list_free(part_list *l)
     memset(l, 0, sizeof *l);
 }
 
-/* This rank's rows of the expert dimension: [*first, *first + local) of *global. */
-static moe_status expert_rows(const moe_trainer_par *par, int64_t local, int64_t *first, int64_t *global)
+/* The expert map of expert tensor p's MoE layer (names "layers.L. ..."), or
+** NULL when this rank holds every expert or runs without maps. */
+static moe_status param_map(const moe_trainer_par *par, const moe_config *cfg, const moe_param_info *p,
+                            const moe_expert_map **map)
 {
-    int P = par->ep ? moe_comm_size(par->ep) : 1;
-    *first = 0;
-    *global = local;
-    if (P == 1)
+    *map = NULL;
+    if (!par->ep || moe_comm_size(par->ep) == 1 || !par->maps)
         return MOE_OK;
-    const moe_expert_map *map = par->map;
-    if (!map) {
-        *first = (int64_t)moe_comm_rank(par->ep) * local;
-        *global = (int64_t)P * local;
-        return MOE_OK;
-    }
-    if (map->E_local != local)
-        return moe_fail(MOE_ERR_INTERNAL, "checkpoint: expert tensor has %lld rows, the expert map %d per rank",
-                        (long long)local, map->E_local);
-    for (int l = 1; l < map->E_local; l++)
-        if (map->local_experts[l] != map->local_experts[0] + l)
-            return moe_fail(MOE_ERR_INTERNAL, "checkpoint: this rank's experts are not contiguous (a slice per "
-                            "rank needs them so)");
-    *first = map->local_experts[0];
-    *global = map->E;
+    int L = -1;
+    if (sscanf(p->name, "layers.%d.", &L) != 1 || L < 0 || L >= cfg->num_layers || !cfg->moe_layer_is_moe[L])
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint: expert tensor %s is not in a MoE layer", p->name);
+    int li = 0;
+    for (int k = 0; k < L; k++)
+        li += cfg->moe_layer_is_moe[k] != 0;
+    *map = &par->maps[li];
     return MOE_OK;
 }
 
-static moe_status add(part_list *l, const moe_trainer_par *par, const char *prefix, const moe_param_info *p,
-                      float *data)
+/* Are this rank's experts of map ids [first, first + E_local)? */
+static int contiguous(const moe_expert_map *map)
+{
+    for (int l = 1; l < map->E_local; l++)
+        if (map->local_experts[l] != map->local_experts[0] + l)
+            return 0;
+    return 1;
+}
+
+/* Parts a table entry takes: one, or one per local expert under a
+** non-contiguous map. */
+static moe_status parts_of(const moe_trainer_par *par, const moe_config *cfg, const moe_param_info *p, int *n)
+{
+    const moe_expert_map *map = NULL;
+    *n = 1;
+    if (p->is_expert && p->ndim > 0)
+        MOE_TRY(param_map(par, cfg, p, &map));
+    if (map && !contiguous(map))
+        *n = map->E_local;
+    return MOE_OK;
+}
+
+static moe_status add_part(part_list *l, const char *prefix, const moe_param_info *p, float *data, size_t bytes,
+                           int64_t row_start, int64_t rows, int64_t global_rows)
 {
     moe_ckpt_part *c = &l->p[l->n];
     char *name = l->names + (size_t)l->n * NAME_MAX_LEN;
@@ -151,13 +166,45 @@ static moe_status add(part_list *l, const moe_trainer_par *par, const char *pref
     c->name = name;
     c->ndim = p->ndim;
     memcpy(c->shape, p->shape, sizeof c->shape);
+    if (p->ndim > 0)
+        c->shape[0] = global_rows;
     c->data = data;
-    c->bytes = p->numel * sizeof(float);
-    c->row_start = 0;
-    c->rows = p->ndim ? p->shape[0] : 1;
-    if (p->is_expert && p->ndim > 0)
-        MOE_TRY(expert_rows(par, p->shape[0], &c->row_start, &c->shape[0]));
+    c->bytes = bytes;
+    c->row_start = row_start;
+    c->rows = rows;
     l->n++;
+    return MOE_OK;
+}
+
+/*
+** Expert tensors are saved in the global layout [E, ...], expert-id order,
+** whatever the placement: this rank's experts as one slice when they are
+** contiguous ids, else one row per local expert at its global id. So a
+** checkpoint loads under any placement.
+*/
+static moe_status add(part_list *l, const moe_trainer_par *par, const moe_config *cfg, const char *prefix,
+                      const moe_param_info *p, float *data)
+{
+    int64_t rows = p->ndim ? p->shape[0] : 1;
+    if (!p->is_expert || p->ndim == 0)
+        return add_part(l, prefix, p, data, p->numel * sizeof(float), 0, rows, rows);
+    const moe_expert_map *map = NULL;
+    MOE_TRY(param_map(par, cfg, p, &map));
+    int P = par->ep ? moe_comm_size(par->ep) : 1;
+    if (P > 1 && !map) /* no map: contiguous by rank */
+        return add_part(l, prefix, p, data, p->numel * sizeof(float), (int64_t)moe_comm_rank(par->ep) * rows,
+                        rows, (int64_t)P * rows);
+    if (!map)
+        return add_part(l, prefix, p, data, p->numel * sizeof(float), 0, rows, rows);
+    if (map->E_local != rows)
+        return moe_fail(MOE_ERR_INTERNAL, "checkpoint: %s has %lld expert rows, the expert map %d per rank",
+                        p->name, (long long)rows, map->E_local);
+    if (contiguous(map))
+        return add_part(l, prefix, p, data, p->numel * sizeof(float), map->local_experts[0], rows, map->E);
+    size_t per = p->numel / (size_t)rows;
+    for (int e = 0; e < map->E_local; e++)
+        MOE_TRY(add_part(l, prefix, p, data + (size_t)e * per, per * sizeof(float), map->local_experts[e], 1,
+                         map->E));
     return MOE_OK;
 }
 
@@ -212,7 +259,13 @@ static moe_status build(moe_trainer *tr, const moments *mo, int saving, part_lis
     const moe_param_info *t = moe_model_params(m, &nt);
     size_t nstate;
     float *state = moe_model_state_data(m, &nstate);
-    int cap = PREFIXES * nt + 1;
+    const moe_config *cfg = moe_model_config(m);
+    int cap = 1;
+    for (int i = 0; i < nt; i++) {
+        int k;
+        MOE_TRY(parts_of(par, cfg, &t[i], &k));
+        cap += PREFIXES * k;
+    }
     int mine_dense = !saving || !par->world || moe_comm_rank(par->world) == 0;
     int mine_expert = !saving || owns_experts(par);
     memset(l, 0, sizeof *l);
@@ -223,10 +276,10 @@ static moe_status build(moe_trainer *tr, const moments *mo, int saving, part_lis
     for (int p = 0; p < PREFIXES; p++)
         for (int i = 0; i < nt; i++)
             if (t[i].is_expert ? mine_expert : mine_dense)
-                MOE_TRY(add(l, par, prefix[p], &t[i], base[p] + t[i].offset));
+                MOE_TRY(add(l, par, cfg, prefix[p], &t[i], base[p] + t[i].offset));
     if (nstate > 0 && mine_dense) {
         moe_param_info bias = {.name = "expert_bias", .ndim = 1, .shape = {(int64_t)nstate}, .numel = nstate};
-        MOE_TRY(add(l, par, "state.", &bias, state));
+        MOE_TRY(add(l, par, cfg, "state.", &bias, state));
     }
     return MOE_OK;
 }

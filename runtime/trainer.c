@@ -69,7 +69,7 @@ moe_status moe_trainer_create_parallel(moe_trainer **out, const moe_config *cfg,
     if (t->cfg.global_batch_size % (t->cfg.micro_batch_size * t->par.dp_size) != 0)
         MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "global-batch-size (%d) must be divisible by micro-batch-size x data-parallel size (%d x %d)",
                               t->cfg.global_batch_size, t->cfg.micro_batch_size, t->par.dp_size), st, fail);
-    moe_model_par mp = {t->par.ep, t->par.map, t->par.dp_cp, t->par.edp};
+    moe_model_par mp = {t->par.ep, t->par.maps, t->par.dp_cp, t->par.edp};
     MOE_TRY_GOTO(moe_model_create_parallel(&t->model, &t->cfg, t->cfg.micro_batch_size, &mp), st, fail);
     moe_model_init(t->model, t->cfg.seed);
     if (t->cfg.use_distributed_optimizer && (t->par.dp_cp || t->par.edp))

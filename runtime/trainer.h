@@ -40,7 +40,7 @@ typedef struct {
     moe_comm *ep;       /* token all-to-all; expert part of the grad norm */
     moe_comm *edp;      /* expert gradients */
     moe_comm *tp_dp_cp; /* expert-bias and load token counts */
-    const moe_expert_map *map;
+    const moe_expert_map *maps; /* [MoE layers], see moe_model_par */
     int dp_rank, dp_size;
 } moe_trainer_par;
 

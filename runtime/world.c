@@ -5,6 +5,9 @@
 
 #include "runtime/base/bind.h"
 #include "runtime/base/log.h"
+#include "runtime/base/mem.h"
+#include "planner/placement.h"
+#include "planner/plan.h"
 
 static moe_status make_group(moe_world *w, moe_group_kind k)
 {
@@ -23,6 +26,43 @@ static void local_rank(int *rank, int *size)
         r = getenv("SLURM_LOCALID");
     *rank = r ? atoi(r) : 0;
     *size = s ? atoi(s) : 1;
+}
+
+static int count_moe_layers(const moe_config *cfg)
+{
+    int n = 0;
+    for (int l = 0; l < cfg->num_layers; l++)
+        n += cfg->moe_layer_is_moe[l] != 0;
+    return n;
+}
+
+/* One expert map per MoE layer: the plan's, or contiguous without one. */
+static moe_status build_maps(moe_world *w, const moe_config *cfg, int ep, int ep_rank)
+{
+    int layers = count_moe_layers(cfg), E = cfg->num_experts;
+    w->nmaps = layers > 0 ? layers : 1;
+    MOE_TRY(moe_alloc((void **)&w->maps, sizeof *w->maps * (size_t)w->nmaps, "expert maps"));
+    if (!cfg->expert_placement[0]) {
+        for (int i = 0; i < w->nmaps; i++)
+            MOE_TRY(moe_expert_map_contiguous(&w->maps[i], E, ep, ep_rank));
+        return MOE_OK;
+    }
+    const char *path = cfg->expert_placement;
+    moe_plan plan;
+    memset(&plan, 0, sizeof plan);
+    MOE_TRY(moe_plan_read_trainable(path, layers, E, ep, &plan));
+    int *rank_of = NULL;
+    moe_status st = moe_alloc((void **)&rank_of, sizeof(int) * (size_t)E, "expert placement");
+    for (int l = 0; l < layers && st == MOE_OK; l++) {
+        for (int e = 0; e < E; e++)
+            rank_of[e] = moe_plan_copies(&plan, l, e)[0].rank;
+        st = moe_expert_map_from_ranks(&w->maps[l], E, ep, ep_rank, rank_of);
+    }
+    if (st == MOE_OK && w->rank == 0)
+        moe_info("expert placement from %s (%s plan, %d MoE layers)", path, plan.method, layers);
+    moe_free(rank_of);
+    moe_plan_free(&plan);
+    return st;
 }
 
 moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
@@ -47,7 +87,7 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         MOE_TRY(make_group(w, used[i]));
     moe_coords c;
     moe_layout_coords(&w->layout, w->rank, &c);
-    MOE_TRY(moe_expert_map_contiguous(&w->map, cfg->num_experts, w->layout.ep, c.ep));
+    MOE_TRY(build_maps(w, cfg, w->layout.ep, c.ep));
 
     w->par = (moe_trainer_par){
         .world = world,
@@ -55,7 +95,7 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         .ep = w->groups[MOE_G_EP],
         .edp = w->groups[MOE_G_EDP],
         .tp_dp_cp = w->groups[MOE_G_TP_DP_CP],
-        .map = &w->map,
+        .maps = w->maps,
         .dp_rank = c.dp,
         .dp_size = w->layout.dp,
     };
@@ -71,7 +111,7 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
     }
     if (w->rank == 0)
         moe_info("layout: world %d = DP %d x EP %d (EDP %d); %d experts, %d per rank", w->size, w->layout.dp,
-                 w->layout.ep, w->layout.edp, cfg->num_experts, w->map.E_local);
+                 w->layout.ep, w->layout.edp, cfg->num_experts, w->maps[0].E_local);
     return MOE_OK;
 }
 
@@ -79,6 +119,8 @@ void moe_world_free(moe_world *w)
 {
     for (int k = 0; k < MOE_G_COUNT; k++)
         moe_comm_free(w->groups[k]);
-    moe_expert_map_free(&w->map);
+    for (int i = 0; w->maps && i < w->nmaps; i++)
+        moe_expert_map_free(&w->maps[i]);
+    moe_free(w->maps);
     memset(w, 0, sizeof *w);
 }

@@ -21,7 +21,8 @@ typedef struct {
     moe_comm *world;
     moe_layout layout;
     moe_comm *groups[MOE_G_COUNT]; /* the ones this build uses; others NULL */
-    moe_expert_map map;
+    moe_expert_map *maps; /* [nmaps]: one per MoE layer (at least one) */
+    int nmaps;
     moe_trainer_par par;
     int rank, size;
 } moe_world;

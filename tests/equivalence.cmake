@@ -6,6 +6,10 @@ moe_mpi_test(mpi_equiv_ep2_dp2 4 mpi_equivalence --ep 2)
 moe_mpi_test(mpi_equiv_ep4_8experts 4 mpi_equivalence --ep 4 --experts 8)
 moe_mpi_test(mpi_equiv_ep2_starved 2 mpi_equivalence --ep 2 --starve)
 moe_mpi_test(mpi_equiv_ep2_capacity 2 mpi_equivalence --ep 2 --capacity 0.6)
+# Per-layer expert placement from a (permuted, unreplicated) plan, and
+# checkpoints across placements.
+moe_mpi_test(mpi_equiv_ep2_placement 2 mpi_equivalence --ep 2 --placement-permute)
+moe_mpi_test(mpi_equiv_ep4_placement 4 mpi_equivalence --ep 4 --experts 8 --placement-permute)
 # The same with the distributed optimizer (AdamW state sharded over DP / EDP).
 moe_mpi_test(mpi_equiv_dp2_distopt 2 mpi_equivalence --ep 1 --distopt)
 moe_mpi_test(mpi_equiv_ep2_distopt 2 mpi_equivalence --ep 2 --distopt)
@@ -20,7 +24,8 @@ endforeach()
 # Open MPI's own allocations show up as leaks under ASan: leak checking is off
 # for these runs (address and UB checking stay on), as in comm.cmake.
 foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_ep4_8experts
-          mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_dp2_distopt mpi_equiv_ep2_distopt
+          mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_ep2_placement mpi_equiv_ep4_placement
+          mpi_equiv_dp2_distopt mpi_equiv_ep2_distopt
           mpi_equiv_ep2_dp2_distopt mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
           mpi_distopt_np3_ep1 mpi_distopt_np4_ep2)
   set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")

@@ -89,6 +89,7 @@ typedef struct {
     int moe_overlap;              /* 0 none, 1 coarse, 2 fine */
     char trace_routing[MOE_PATH_MAX]; /* RoutingTrace file to record; "" = off */
     int trace_window;             /* training steps per trace window */
+    char expert_placement[MOE_PATH_MAX]; /* PlacementPlan to train with; "" = contiguous */
 
     /* run */
     char run_dir[MOE_PATH_MAX];

@@ -216,7 +216,7 @@ static int check_manifest(run *r, const char *dir, const int *owns, const int *e
         snprintf(why, cap, "world_size %u, %zu shards, %d owners", m->world_size, m->n_shards, nowners);
         ok = 0;
     }
-    int nt, E_local = r->w.map.E_local, experts_seen = 0;
+    int nt, E_local = r->w.maps[0].E_local, experts_seen = 0;
     const moe_param_info *t = moe_model_params(moe_trainer_model(r->t), &nt);
     for (int i = 0; ok && i < nt; i++) {
         char name[128];

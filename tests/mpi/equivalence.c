@@ -6,7 +6,7 @@
 ** tensor (expert tensors against this rank's slice of the reference).
 **
 ** usage: mpirun -np W mpi_equivalence --ep N [--experts E] [--capacity F]
-**        [--starve] [--steps S] [--distopt]
+**        [--starve] [--steps S] [--distopt] [--placement-permute]
 ** --starve routes nothing to the second EP rank's experts (a huge negative
 ** expert bias), so that rank sends and receives zero rows.
 ** --distopt runs the parallel side with the distributed optimizer. Its flat
@@ -15,6 +15,13 @@
 ** instead, gathered from the shards: m = (1 - beta1) * clip * g and
 ** v = (1 - beta2) * (clip * g)^2 of the FULL summed gradient, tensor by tensor,
 ** which checks the reduce-scatter, the shard layout and the gather at once.
+** --placement-permute trains with --expert-placement: a plan (written with
+** moe_plan_write) that scatters each MoE layer's experts over the ranks, a
+** different balanced permutation per layer, and every MoE layer is MoE. Expert
+** rows are compared by global id through the layer's map. Then checkpoints
+** cross placements: saved under the plan, loaded by a contiguous run and by
+** one process (whole tensors), saved again contiguous and loaded back under
+** the plan; every parameter and moment must match bit for bit.
 */
 #include <check.h>
 #include <math.h>
@@ -22,10 +29,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include "planner/plan.h"
 #include "runtime/base/rng.h"
+#include "runtime/train_ckpt.h"
 #include "runtime/world.h"
 
-static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt;
+static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute;
 static double g_capacity;
 static moe_comm *g_world;
 
@@ -53,7 +64,7 @@ static moe_config make_config(int world)
     c.train_iters = g_steps;
     c.expert_model_parallel_size = g_ep;
     c.nproc = world;
-    snprintf(c.moe_layer_freq, sizeof c.moe_layer_freq, "[0,1]");
+    snprintf(c.moe_layer_freq, sizeof c.moe_layer_freq, "%s", g_permute ? "[1,1]" : "[0,1]");
     return c;
 }
 
@@ -78,13 +89,13 @@ static void batch(long step, const moe_config *c, int first_micro, int stride, i
             sequence(step, j * mb + b, T, c->vocab_size, in + (size_t)k * T, tg + (size_t)k * T);
 }
 
-static void starve(moe_model *m, const moe_expert_map *map, int E)
+static void starve(moe_model *m, const moe_expert_map *maps, int E)
 {
     size_t n;
     float *bias = moe_model_state_data(m, &n);
     for (size_t i = 0; i < n; i++) {
         int e = (int)(i % (size_t)E);
-        int owner = map ? map->expert_rank[e] : e / (E / g_ep);
+        int owner = maps ? maps[i / (size_t)E].expert_rank[e] : e / (E / g_ep);
         if (owner == 1)
             bias[i] = -1e4f;
     }
@@ -96,35 +107,55 @@ static void assert_close(double a, double b, const char *what, long step)
     ck_assert_msg(rel <= 1e-5, "step %ld %s: parallel %.9g vs single %.9g (rel %.2e)", step, what, a, b, rel);
 }
 
+/* The map of table entry p's MoE layer ("layers.L. ..."). */
+static const moe_expert_map *layer_map(const moe_model *m, const moe_expert_map *maps, const moe_param_info *p)
+{
+    const moe_config *c = moe_model_config(m);
+    int L = -1, li = 0;
+    ck_assert_msg(sscanf(p->name, "layers.%d.", &L) == 1 && L >= 0 && L < c->num_layers, "%s", p->name);
+    for (int k = 0; k < L; k++)
+        li += c->moe_layer_is_moe[k] != 0;
+    return &maps[li];
+}
+
+/* Offset in the reference (all experts) of row `row` of parallel entry p. */
+static size_t ref_offset(moe_model *par, const moe_expert_map *maps, const moe_param_info *pp,
+                         const moe_param_info *pr, size_t j)
+{
+    if (!pp->is_expert)
+        return pr->offset + j;
+    size_t per = pr->numel / (size_t)pr->shape[0];
+    int e = layer_map(par, maps, pp)->local_experts[j / per];
+    return pr->offset + (size_t)e * per + j % per;
+}
+
 /* Parallel flat-layout values (gradients, moments) against the reference's,
-** tensor by tensor. */
+** tensor by tensor; expert rows by global id through the layer's map. */
 static void compare_tensors(moe_model *par, const float *gp, moe_model *ref, const float *gr,
-                            const moe_expert_map *map, const char *what)
+                            const moe_expert_map *maps, const char *what)
 {
     int np, nr;
     const moe_param_info *tp = moe_model_params(par, &np), *tr = moe_model_params(ref, &nr);
     ck_assert_int_eq(np, nr);
     for (int i = 0; i < np; i++) {
-        size_t ref_off = tr[i].offset;
-        if (tp[i].is_expert) /* contiguous map: this rank's experts start at its first one */
-            ref_off += (size_t)map->local_experts[0] * (tr[i].numel / (size_t)tr[i].shape[0]);
         double num = 0, den = 0;
         for (size_t j = 0; j < tp[i].numel; j++) {
-            double d = (double)gp[tp[i].offset + j] - gr[ref_off + j];
+            size_t r = ref_offset(par, maps, &tp[i], &tr[i], j);
+            double d = (double)gp[tp[i].offset + j] - gr[r];
             num += d * d;
-            den += (double)gr[ref_off + j] * gr[ref_off + j];
+            den += (double)gr[r] * gr[r];
         }
         double rel = den > 0 ? sqrt(num / den) : sqrt(num);
         ck_assert_msg(rel <= 1e-5, "%s %s differs: relative %.3e", what, tp[i].name, rel);
     }
 }
 
-static void compare_first_step(moe_trainer *par, moe_trainer *ref, const moe_expert_map *map)
+static void compare_first_step(moe_trainer *par, moe_trainer *ref, const moe_expert_map *maps)
 {
     moe_model *mp = moe_trainer_model(par), *mr = moe_trainer_model(ref);
     moe_distopt *d = moe_trainer_distopt(par);
     if (!d) {
-        compare_tensors(mp, moe_model_grad_data(mp), mr, moe_model_grad_data(mr), map, "gradient");
+        compare_tensors(mp, moe_model_grad_data(mp), mr, moe_model_grad_data(mr), maps, "gradient");
         return;
     }
     size_t n = moe_model_num_params(mp);
@@ -132,10 +163,165 @@ static void compare_first_step(moe_trainer *par, moe_trainer *ref, const moe_exp
     ck_assert(m && v);
     ck_assert_msg(moe_distopt_gather_moments(d, m, v) == MOE_OK, "%s", moe_errmsg());
     moe_adamw *o = moe_trainer_optimizer(ref);
-    compare_tensors(mp, m, mr, o->m, map, "first moment (summed gradient)");
-    compare_tensors(mp, v, mr, o->v, map, "second moment (squared summed gradient)");
+    compare_tensors(mp, m, mr, o->m, maps, "first moment (summed gradient)");
+    compare_tensors(mp, v, mr, o->v, maps, "second moment (squared summed gradient)");
     free(m);
     free(v);
+}
+
+/* A temp path shared by all ranks: rank 0's pid names it. */
+static void shared_path(const char *what, char *path, size_t cap)
+{
+    int32_t pid = moe_comm_rank(g_world) == 0 ? (int32_t)getpid() : 0;
+    ck_assert(moe_allreduce(g_world, &pid, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+    snprintf(path, cap, "/tmp/moe_equiv_%d_%s", (int)pid, what);
+}
+
+/* Rank 0 writes a plan putting expert e of MoE layer l on rank
+** (3e + 1 + l) mod ep: scattered, a different permutation per layer, and
+** balanced (3 is odd and ep a power of two, so each residue gets E/ep). */
+static void write_permuted_plan(const moe_config *c, const char *path)
+{
+    int layers = 0, E = c->num_experts, ep = c->expert_model_parallel_size;
+    for (int l = 0; l < c->num_layers; l++)
+        layers += c->moe_layer_is_moe[l] != 0;
+    if (moe_comm_rank(g_world) == 0) {
+        moe_plan p;
+        ck_assert_msg(moe_plan_alloc(&p, layers, E, ep, 1) == MOE_OK, "%s", moe_errmsg());
+        p.ranks_per_node = ep;
+        p.slots_per_rank = E / ep;
+        snprintf(p.method, sizeof p.method, "test-permute");
+        for (int l = 0; l < layers; l++)
+            for (int e = 0; e < E; e++) {
+                p.ncopies[l * E + e] = 1;
+                p.copies[((size_t)l * E + e) * p.max_copies] = (moe_plan_copy){(3 * e + 1 + l) % ep, 1.0};
+            }
+        ck_assert_msg(moe_plan_write(path, &p) == MOE_OK, "%s", moe_errmsg());
+        moe_plan_free(&p);
+    }
+    int32_t sync = 0; /* the file exists before anyone reads it */
+    ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+}
+
+/* Plans this build refuses: a replicated expert, and a rank holding more
+** than E/ep experts. Setup must fail with a usage error naming the file. */
+static void refused_plans(const moe_config *base)
+{
+    int layers = 0, E = base->num_experts, ep = base->expert_model_parallel_size;
+    for (int l = 0; l < base->num_layers; l++)
+        layers += base->moe_layer_is_moe[l] != 0;
+    static const char *want[2] = {"replicated plans are not supported", "needs exactly num-experts / EP"};
+    for (int kind = 0; kind < 2; kind++) {
+        char path[256];
+        shared_path(kind ? "unbalanced.pb" : "replicated.pb", path, sizeof path);
+        if (moe_comm_rank(g_world) == 0) {
+            moe_plan p;
+            ck_assert_msg(moe_plan_alloc(&p, layers, E, ep, 2) == MOE_OK, "%s", moe_errmsg());
+            p.ranks_per_node = ep;
+            p.slots_per_rank = E;
+            snprintf(p.method, sizeof p.method, "test-refused");
+            for (int l = 0; l < layers; l++)
+                for (int e = 0; e < E; e++) {
+                    moe_plan_copy *c = p.copies + ((size_t)l * E + e) * p.max_copies;
+                    p.ncopies[l * E + e] = 1;
+                    c[0] = (moe_plan_copy){kind ? 0 : e % ep, 1.0};
+                    if (kind == 0 && e == 0) { /* expert 0 on two ranks, half each */
+                        p.ncopies[l * E + e] = 2;
+                        c[0].share = 0.5;
+                        c[1] = (moe_plan_copy){1, 0.5};
+                    }
+                }
+            ck_assert_msg(moe_plan_write(path, &p) == MOE_OK, "%s", moe_errmsg());
+            moe_plan_free(&p);
+        }
+        int32_t sync = 0;
+        ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+        moe_config c = *base;
+        snprintf(c.expert_placement, sizeof c.expert_placement, "%s", path);
+        moe_world w;
+        moe_status st = moe_world_setup(&w, g_world, &c);
+        ck_assert_msg(st == MOE_ERR_USAGE, "plan %s: setup gave %d (%s)", path, (int)st, moe_errmsg());
+        ck_assert_msg(strstr(moe_errmsg(), want[kind]) && strstr(moe_errmsg(), path), "plan %s refused with: %s",
+                      path, moe_errmsg());
+        moe_error_clear();
+        moe_world_free(&w);
+        ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+        if (moe_comm_rank(g_world) == 0)
+            unlink(path);
+    }
+}
+
+/* Every parameter and AdamW moment of t (its experts placed by maps) equals,
+** bit for bit, the whole-tensor values g (one process) holds for them. */
+static void assert_same_as_global(moe_trainer *t, const moe_expert_map *maps, moe_trainer *g, const char *what)
+{
+    moe_model *mt = moe_trainer_model(t), *mg = moe_trainer_model(g);
+    int nt, ng;
+    const moe_param_info *tt = moe_model_params(mt, &nt), *tg = moe_model_params(mg, &ng);
+    ck_assert_int_eq(nt, ng);
+    const float *vt[3] = {moe_model_param_data(mt), moe_trainer_optimizer(t)->m, moe_trainer_optimizer(t)->v};
+    const float *vg[3] = {moe_model_param_data(mg), moe_trainer_optimizer(g)->m, moe_trainer_optimizer(g)->v};
+    size_t nst, nsg;
+    float *st = moe_model_state_data(mt, &nst), *sg = moe_model_state_data(mg, &nsg);
+    ck_assert_int_eq((int)nst, (int)nsg);
+    ck_assert_msg(memcmp(st, sg, nst * sizeof(float)) == 0, "%s: expert bias differs", what);
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < nt; i++)
+            for (size_t j = 0; j < tt[i].numel; j++) {
+                float a = vt[k][tt[i].offset + j], b = vg[k][ref_offset(mt, maps, &tt[i], &tg[i], j)];
+                ck_assert_msg(memcmp(&a, &b, sizeof a) == 0, "%s: %s%s[%zu] %.9g vs %.9g", what,
+                              k == 0 ? "" : k == 1 ? "m of " : "v of ", tt[i].name, j, a, b);
+            }
+}
+
+static void load_or_fail(moe_trainer *t, const char *dir)
+{
+    long step;
+    uint64_t next;
+    char loaded[4096];
+    ck_assert_msg(moe_train_load(t, dir, &step, &next, loaded, sizeof loaded) == MOE_OK, "load %s: %s", dir,
+                  moe_errmsg());
+    ck_assert_int_eq(step, g_steps);
+}
+
+/* Checkpoints across placements (see top). par trained under the plan. */
+static void checkpoints_cross_placement(moe_trainer *par, moe_world *w, const moe_config *cfg,
+                                        const moe_config *single)
+{
+    char d1[256], d2[256], cmd[600];
+    shared_path("ckpt_plan", d1, sizeof d1);
+    shared_path("ckpt_contig", d2, sizeof d2);
+    ck_assert_msg(moe_train_save(par, cfg, d1, g_steps, 0) == MOE_OK, "save under the plan: %s", moe_errmsg());
+
+    moe_trainer *whole = NULL, *contig = NULL;
+    ck_assert_msg(moe_trainer_create(&whole, single) == MOE_OK, "%s", moe_errmsg());
+    load_or_fail(whole, d1);
+    assert_same_as_global(par, w->maps, whole, "saved under the plan vs one process");
+
+    moe_config plain = *cfg;
+    plain.expert_placement[0] = '\0';
+    moe_world w2;
+    ck_assert_msg(moe_world_setup(&w2, g_world, &plain) == MOE_OK, "%s", moe_errmsg());
+    ck_assert_msg(moe_trainer_create_parallel(&contig, &plain, &w2.par) == MOE_OK, "%s", moe_errmsg());
+    load_or_fail(contig, d1);
+    assert_same_as_global(contig, w2.maps, whole, "plan checkpoint loaded without the plan");
+
+    /* and back: saved contiguous, loaded under the plan */
+    moe_model_init(moe_trainer_model(par), 12345); /* something else first, so the load must overwrite it */
+    ck_assert_msg(moe_train_save(contig, &plain, d2, g_steps, 0) == MOE_OK, "save contiguous: %s", moe_errmsg());
+    load_or_fail(par, d2);
+    assert_same_as_global(par, w->maps, whole, "contiguous checkpoint loaded under the plan");
+
+    moe_trainer_free(contig);
+    moe_trainer_free(whole);
+    moe_world_free(&w2);
+    int32_t sync = 0;
+    ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+    if (moe_comm_rank(g_world) == 0) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", d1, d2);
+        ck_assert(system(cmd) == 0);
+        printf("checkpoints cross placements: plan -> contiguous -> plan, and one process, bit-identical\n");
+    }
 }
 
 START_TEST(parallel_matches_single_rank)
@@ -143,6 +329,14 @@ START_TEST(parallel_matches_single_rank)
     int W = moe_comm_size(g_world);
     moe_config cfg = make_config(W);
     cfg.use_distributed_optimizer = g_distopt;
+    char plan_path[256] = "";
+    if (g_permute) {
+        ck_assert_int_eq(moe_config_validate(&cfg), MOE_OK); /* resolves the MoE layers */
+        shared_path("plan.pb", plan_path, sizeof plan_path);
+        refused_plans(&cfg);
+        write_permuted_plan(&cfg, plan_path);
+        snprintf(cfg.expert_placement, sizeof cfg.expert_placement, "%s", plan_path);
+    }
     moe_world w;
     moe_status st = moe_world_setup(&w, g_world, &cfg);
     ck_assert_msg(st == MOE_OK, "world setup: %s", moe_errmsg());
@@ -156,7 +350,7 @@ START_TEST(parallel_matches_single_rank)
     if (g_distopt) /* every layout tested here has a data-parallel group > 1 */
         ck_assert_msg(moe_trainer_distopt(par) != NULL, "--distopt: the distributed optimizer is not running");
     if (g_starve) {
-        starve(moe_trainer_model(par), &w.map, cfg.num_experts);
+        starve(moe_trainer_model(par), w.maps, cfg.num_experts);
         starve(moe_trainer_model(ref), NULL, cfg.num_experts);
     }
     int T = cfg.seq_length, G = cfg.global_batch_size;
@@ -170,7 +364,7 @@ START_TEST(parallel_matches_single_rank)
         ck_assert_msg(moe_trainer_step(par, lin, ltg, step, &rp) == MOE_OK, "%s", moe_errmsg());
         ck_assert_msg(moe_trainer_step(ref, gin, gtg, step, &rr) == MOE_OK, "%s", moe_errmsg());
         if (step == 0)
-            compare_first_step(par, ref, &w.map);
+            compare_first_step(par, ref, w.maps);
         assert_close(rp.loss, rr.loss, "loss", step);
         assert_close(rp.aux_loss, rr.aux_loss, "aux loss", step);
         assert_close(rp.z_loss, rr.z_loss, "z loss", step);
@@ -185,8 +379,16 @@ START_TEST(parallel_matches_single_rank)
             ck_assert(rr.load_imbalance >= 2.0 - 1e-9); /* half the experts carry everything */
     }
     if (moe_comm_rank(g_world) == 0)
-        printf("W=%d EP=%d DP=%d experts=%d%s: %d steps match the single-rank run\n", W, w.layout.ep,
-               w.layout.dp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "", g_steps);
+        printf("W=%d EP=%d DP=%d experts=%d%s%s: %d steps match the single-rank run\n", W, w.layout.ep,
+               w.layout.dp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "",
+               g_permute ? " (permuted placement plan)" : "", g_steps);
+    if (g_permute) {
+        checkpoints_cross_placement(par, &w, &cfg, &single);
+        int32_t sync = 0;
+        ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+        if (moe_comm_rank(g_world) == 0)
+            unlink(plan_path);
+    }
     free(gin); free(gtg); free(lin); free(ltg);
     moe_trainer_free(par);
     moe_trainer_free(ref);
@@ -207,6 +409,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) g_steps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--starve") == 0) g_starve = 1;
         else if (strcmp(argv[i], "--distopt") == 0) g_distopt = 1;
+        else if (strcmp(argv[i], "--placement-permute") == 0) g_permute = 1;
     }
     Suite *s = suite_create("equivalence");
     TCase *tc = tcase_create("core");

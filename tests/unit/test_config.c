@@ -38,7 +38,7 @@ static const char *tmpfile_with(const char *name, const char *text)
     X(moe_aux_loss_coeff) X(moe_z_loss_coeff) X(moe_router_bias_update_rate) X(moe_expert_capacity_factor) \
     X(rotary_base) X(norm_epsilon) X(init_method_std) X(lr) X(min_lr) X(weight_decay) X(adam_beta1)        \
     X(adam_beta2) X(adam_eps) X(clip_grad)
-#define STR_FIELDS(X) X(moe_layer_freq) X(data_path) X(save) X(load) X(run_dir)
+#define STR_FIELDS(X) X(moe_layer_freq) X(data_path) X(save) X(load) X(run_dir) X(expert_placement)
 
 static void assert_same(const moe_config *a, const moe_config *b)
 {
@@ -132,7 +132,7 @@ START_TEST(test_round_trip)
         {"context-parallel-size", "1"}, {"expert-model-parallel-size", "2"},
         {"expert-tensor-parallel-size", "1"}, {"sequence-parallel", "true"},
         {"use-distributed-optimizer", "true"}, {"moe-overlap", "fine"}, {"trace-routing", "t.pb"},
-        {"trace-window", "25"}, {"run-dir", "runs/x: y"},
+        {"trace-window", "25"}, {"expert-placement", "plans/p 1.pb"}, {"run-dir", "runs/x: y"},
         {"nproc", "4"}, {"num-threads", "3"},
     };
     moe_config a, b;
