@@ -18,33 +18,11 @@
 
 #include "comm/comm.h"
 #include "runtime/base/status.h"
+#include "mpitest.h"
 
 static moe_comm *W;
 static int R, P;
 
-static int agree(int ok)
-{
-    int v = ok ? 1 : 0;
-    return moe_allreduce(W, &v, 1, MOE_DT_I32, MOE_OP_MIN) == MOE_OK && v;
-}
-
-#define CHECK_ALL(cond, ...)                                                                       \
-    do {                                                                                           \
-        int ok_ = (cond);                                                                          \
-        if (!ok_) {                                                                                \
-            fprintf(stderr, "[rank %d of %d] %s:%d: ", R, P, __FILE__, __LINE__);                  \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fprintf(stderr, "\n");                                                                 \
-        }                                                                                          \
-        ck_assert_msg(agree(ok_), "failed on some rank: %s", #cond);                               \
-    } while (0)
-
-#define OK_ALL(call)                                                                               \
-    do {                                                                                           \
-        moe_error_clear();                                                                         \
-        moe_status st_ = (call);                                                                   \
-        CHECK_ALL(st_ == MOE_OK, "%s: %s", #call, moe_errmsg());                                   \
-    } while (0)
 
 /* Expects a refusal with status `want` whose message holds both strings. */
 #define REFUSED(call, want, s1, s2)                                                                \
