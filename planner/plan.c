@@ -4,6 +4,7 @@
 ** so a reader never sees half a plan.
 */
 #include "planner/plan.h"
+#include "runtime/base/fs.h"
 #include "planner/placement.h"
 
 #include <errno.h>
@@ -203,65 +204,13 @@ done:
     return st;
 }
 
-static moe_status fsync_dir_of(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    const char *dir = dirname(buf);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return moe_fail(MOE_ERR_IO, "open directory %s: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    if (rc != 0)
-        return moe_fail(MOE_ERR_IO, "fsync directory %s: %s", dir, strerror(err));
-    return MOE_OK;
-}
-
-static moe_status write_atomic(const char *path, const uint8_t *buf, size_t len)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
-        return moe_fail(MOE_ERR_USAGE, "plan path too long: %s", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return moe_fail(MOE_ERR_IO, "create %s: %s", tmp, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, buf + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            int err = errno;
-            close(fd);
-            unlink(tmp);
-            return moe_fail(MOE_ERR_IO, "write %s: %s", tmp, strerror(err));
-        }
-        off += (size_t)w;
-    }
-    if (fchmod(fd, 0644) != 0 || fsync(fd) != 0) {
-        int err = errno;
-        close(fd);
-        unlink(tmp);
-        return moe_fail(MOE_ERR_IO, "sync %s: %s", tmp, strerror(err));
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return moe_fail(MOE_ERR_IO, "write plan %s: %s", path, strerror(err));
-    }
-    MOE_TRY(fsync_dir_of(path));
-    return MOE_OK;
-}
-
 moe_status moe_plan_write(const char *path, const moe_plan *p)
 {
     MOE_TRY(moe_plan_validate(p));
     uint8_t *buf = NULL;
     size_t len = 0;
     MOE_TRY(pack_plan(p, &buf, &len));
-    moe_status st = write_atomic(path, buf, len);
+    moe_status st = moe_write_file_atomic(path, buf, len);
     free(buf);
     if (st != MOE_OK)
         moe_trace_frame(__FILE__, __LINE__);

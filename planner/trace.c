@@ -5,6 +5,7 @@
 ** actually present, and every count, before anything reaches the planner.
 */
 #include "planner/trace.h"
+#include "runtime/base/fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -220,55 +221,6 @@ done:
 /* ------------------------------------------------------------------------- */
 /* writing                                                                    */
 
-static moe_status write_synced(const char *path, const uint8_t *buf, size_t n)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return moe_fail(MOE_ERR_IO, "cannot create %s: %s", path, strerror(errno));
-    size_t done = 0;
-    while (done < n) {
-        ssize_t k = write(fd, buf + done, n - done);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            int err = k < 0 ? errno : EIO;
-            close(fd);
-            return moe_fail(MOE_ERR_IO, "write %s: %s", path, strerror(err));
-        }
-        done += (size_t)k;
-    }
-    int err = fsync(fd) != 0 ? errno : 0;
-    if (close(fd) != 0 && !err)
-        err = errno;
-    if (err)
-        return moe_fail(MOE_ERR_IO, "writing %s: %s", path, strerror(err));
-    return MOE_OK;
-}
-
-/* The rename is durable only once the directory holding it is synced. */
-static moe_status fsync_parent(const char *path)
-{
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else if ((size_t)(slash - path) < sizeof dir)
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    else
-        return moe_fail(MOE_ERR_IO, "%s: path too long", path);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return moe_fail(MOE_ERR_IO, "cannot open directory %s to sync it: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    if (rc != 0 && err != EINVAL) /* EINVAL: this file system does not sync directories */
-        return moe_fail(MOE_ERR_IO, "fsync %s: %s", dir, strerror(err));
-    return MOE_OK;
-}
-
 moe_status moe_trace_write(const char *path, const moe_trace *t)
 {
     char what[4200];
@@ -316,18 +268,7 @@ moe_status moe_trace_write(const char *path, const moe_trace *t)
     for (int i = 0; i < 8; i++)
         buf[n + 1 + (size_t)i] = (uint8_t)(h >> (8 * i));
 
-    char tmp[4200];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
-        st = moe_fail(MOE_ERR_USAGE, "%s: path too long", path);
-        goto done;
-    }
-    MOE_TRY_GOTO(write_synced(tmp, buf, n + TRAILER_BYTES), st, done);
-    if (rename(tmp, path) != 0) {
-        st = moe_fail(MOE_ERR_IO, "rename %s -> %s: %s", tmp, path, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    MOE_TRY_GOTO(fsync_parent(path), st, done);
+    MOE_TRY_GOTO(moe_write_file_atomic(path, buf, n + TRAILER_BYTES), st, done);
 done:
     moe_free(buf);
     moe_free(wptr);
