@@ -54,3 +54,64 @@ void MOE_OP(crossentropy_backward)(real *dlogits, const real *probs, const int32
         d[targets[n]] -= scale;
     }
 }
+
+void MOE_OP(crossentropy_vp_max)(real *mx, const real *logits, int N, int Vl)
+{
+#pragma omp parallel for schedule(static) if ((long)N * Vl > 16384)
+    for (int n = 0; n < N; n++) {
+        const real *restrict l = logits + (size_t)n * Vl;
+        real m = l[0];
+        for (int j = 1; j < Vl; j++)
+            m = l[j] > m ? l[j] : m;
+        mx[n] = m;
+    }
+}
+
+void MOE_OP(crossentropy_vp_exp)(real *probs, real *sum, real *tl, const real *logits, const real *mx,
+                                 const int32_t *targets, int N, int Vl, int v0)
+{
+#pragma omp parallel for schedule(static) if ((long)N * Vl > 16384)
+    for (int n = 0; n < N; n++) {
+        const real *restrict l = logits + (size_t)n * Vl;
+        real *restrict p = probs + (size_t)n * Vl;
+        double s = 0;
+        for (int j = 0; j < Vl; j++) {
+            p[j] = moe_vexp(l[j] - mx[n]);
+            s += p[j];
+        }
+        sum[n] = (real)s;
+        int t = targets[n] - v0;
+        tl[n] = t >= 0 && t < Vl ? l[t] - mx[n] : 0;
+    }
+}
+
+double MOE_OP(crossentropy_vp_finish)(real *losses, real *probs, const real *sum, const real *tl, int N, int Vl)
+{
+#pragma omp parallel for schedule(static) if ((long)N * Vl > 16384)
+    for (int n = 0; n < N; n++) {
+        real *restrict p = probs + (size_t)n * Vl;
+        real inv = (real)(1.0 / sum[n]);
+        for (int j = 0; j < Vl; j++)
+            p[j] *= inv;
+        losses[n] = (real)(log((double)sum[n]) - (double)tl[n]);
+    }
+    double total = 0; // serial, in row order
+    for (int n = 0; n < N; n++)
+        total += losses[n];
+    return total;
+}
+
+void MOE_OP(crossentropy_vp_backward)(real *dlogits, const real *probs, const int32_t *targets, int N, int Vl,
+                                      int v0, real scale)
+{
+#pragma omp parallel for schedule(static) if ((long)N * Vl > 16384)
+    for (int n = 0; n < N; n++) {
+        const real *restrict p = probs + (size_t)n * Vl;
+        real *restrict d = dlogits + (size_t)n * Vl;
+        for (int j = 0; j < Vl; j++)
+            d[j] += scale * p[j];
+        int t = targets[n] - v0;
+        if (t >= 0 && t < Vl)
+            d[t] -= scale;
+    }
+}

@@ -13,6 +13,7 @@ typedef struct {
     size_t packed; /* offset in the kind's packed space */
     size_t numel;
     int decay;
+    int in_norm;
 } segment;
 
 /* One kind of tensor and its shard (see the header). */
@@ -89,7 +90,7 @@ static moe_status kind_init(kind *k, const moe_distopt_tensor *t, int count, int
     int n = 0;
     for (int i = 0; i < count; i++)
         if ((t[i].is_expert != 0) == is_expert) {
-            k->seg[n++] = (segment){t[i].offset, k->total, t[i].numel, t[i].decay};
+            k->seg[n++] = (segment){t[i].offset, k->total, t[i].numel, t[i].decay, !t[i].no_norm};
             k->total += t[i].numel;
         }
     size_t per = (k->total + (size_t)k->size - 1) / (size_t)k->size;
@@ -195,12 +196,34 @@ moe_status moe_distopt_reduce_grads(moe_distopt *d, const float *grads)
     return MOE_OK;
 }
 
+/* Sum of squares of the gradient shard over the segments that count. */
+static double shard_squares(const kind *k)
+{
+    if (!k->total)
+        return 0.0;
+    size_t lo = (size_t)k->rank * k->shard, hi = lo + k->shard;
+    double sq = 0;
+    for (int i = seg_at(k, lo); i < k->nseg && k->seg[i].packed < hi; i++) {
+        const segment *s = &k->seg[i];
+        if (!s->in_norm)
+            continue;
+        size_t a = s->packed > lo ? s->packed : lo;
+        size_t b = s->packed + s->numel < hi ? s->packed + s->numel : hi;
+        sq += moe_sum_squares(k->g + (a - lo), b - a);
+    }
+    return sq;
+}
+
+void moe_distopt_grad_squares(const moe_distopt *d, double sq[2])
+{
+    for (int i = 0; i < 2; i++)
+        sq[i] = shard_squares(&d->k[i]);
+}
+
 moe_status moe_distopt_grad_norm(moe_distopt *d, double *norm)
 {
-    /* padding is zero, so the whole shard can be summed */
     double sq[2];
-    for (int i = 0; i < 2; i++)
-        sq[i] = d->k[i].total ? moe_sum_squares(d->k[i].g, d->k[i].shard) : 0.0;
+    moe_distopt_grad_squares(d, sq);
     if (d->k[0].group)
         MOE_TRY(moe_allreduce(d->k[0].group, &sq[0], 1, MOE_DT_F64, MOE_OP_SUM));
     if (d->k[1].group)

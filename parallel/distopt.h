@@ -55,6 +55,7 @@ typedef struct {
     size_t numel;
     int decay;     /* weight decay applies */
     int is_expert; /* kind 1 (edp) instead of kind 0 (dp_cp) */
+    int no_norm;   /* a copy counted elsewhere (tensor-parallel replica): left out of the norm */
 } moe_distopt_tensor;
 
 /* AdamW's arguments for one step, as layers/adamw.h takes them. */
@@ -86,6 +87,11 @@ moe_status moe_distopt_reduce_grads(moe_distopt *d, const float *grads);
 /* L2 norm of the whole summed gradient (every kind, every expert), the same
 ** on every rank. After reduce_grads. Collective. */
 moe_status moe_distopt_grad_norm(moe_distopt *d, double *norm);
+
+/* This rank's shard sums of squares per kind (no_norm tensors left out), no
+** communication: summed over every rank of a run whose other dimensions
+** hold distinct tensors, they give the squared norm. After reduce_grads. */
+void moe_distopt_grad_squares(const moe_distopt *d, double sq[2]);
 
 /* AdamW on this rank's shards, then params (flat_numel) gets every rank's
 ** updated values. After reduce_grads; consumes the gradient shards. Collective. */

@@ -13,10 +13,31 @@
 /* ------------------------------------------------------------------------- */
 /* parameter table                                                           */
 
-/* Appends a tensor to the table (or, with table == NULL, only counts it). */
-static void add_param(moe_model *m, const char *name, int ndim, const int64_t *shape, int decay,
-                      int is_expert)
+/* Length of piece `part` of `parts` of a block of len. */
+static int64_t piece_len(int64_t len, int parts, int part)
 {
+    return len * (part + 1) / parts - len * part / parts;
+}
+
+static moe_param_cut whole(void) { return (moe_param_cut){.split_dim = -1, .nblocks = 1, .parts = 1}; }
+
+static moe_param_cut cut_of(int dim, int parts, int part, int nblocks, int64_t b0, int64_t b1, int64_t b2)
+{
+    return (moe_param_cut){.split_dim = dim, .nblocks = nblocks, .parts = parts, .part = part, .blocks = {b0, b1, b2}};
+}
+
+/* Appends a tensor of full shape `full` (cut by c) to the table, or, with
+** table == NULL, only counts it. */
+static void add_param(moe_model *m, const char *name, int ndim, const int64_t *full, int decay, int is_expert,
+                      moe_grad_kind grad, moe_param_cut c)
+{
+    int64_t shape[4];
+    memcpy(shape, full, (size_t)ndim * sizeof *shape);
+    if (c.split_dim >= 0) {
+        shape[c.split_dim] = 0;
+        for (int b = 0; b < c.nblocks; b++)
+            shape[c.split_dim] += piece_len(c.blocks[b], c.parts, c.part);
+    }
     size_t numel = 1;
     for (int i = 0; i < ndim; i++)
         numel *= (size_t)shape[i];
@@ -25,10 +46,15 @@ static void add_param(moe_model *m, const char *name, int ndim, const int64_t *s
         snprintf(p->name, sizeof p->name, "%s", name);
         p->ndim = ndim;
         memcpy(p->shape, shape, (size_t)ndim * sizeof *shape);
+        memcpy(c.full_shape, full, (size_t)ndim * sizeof *full);
         p->offset = m->nparams;
         p->numel = numel;
         p->decay = decay;
         p->is_expert = is_expert;
+        p->grad = grad;
+        p->cut = c;
+        int replicated_over_tp = !is_expert && c.split_dim < 0;
+        p->canonical = is_expert ? m->canonical_expert : m->canonical_dense && (!replicated_over_tp || m->tp_rank == 0);
     }
     m->ntable++;
     /* keep every tensor 64-byte aligned inside the flat buffer */
@@ -40,38 +66,43 @@ static void add_param(moe_model *m, const char *name, int ndim, const int64_t *s
 static void build_table(moe_model *m)
 {
     char n[MOE_PARAM_NAME_MAX];
+    int tp = m->TPn, r = m->tp_rank;
+    moe_grad_kind norm_grad = m->sp && tp > 1 ? MOE_GRAD_TP_DP : MOE_GRAD_DP;
     m->ntable = 0;
     m->nparams = 0;
-    add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0);
+    add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 1, m->V, 0, 0));
     for (int l = 0; l < m->L; l++) {
         if (m->layer_first)
             m->layer_first[l] = m->ntable;
-#define P(suffix, nd, shape, decay, expert)                                    \
+#define P(suffix, nd, shape, decay, expert, grad, cut)                         \
     snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                          \
-    add_param(m, n, nd, shape, decay, expert)
-        P("attn_norm.weight", 1, SHAPE(m->C), 0, 0);
-        P("attn.qkv.weight", 2, SHAPE(m->QKV, m->C), 1, 0);
-        P("attn.out.weight", 2, SHAPE(m->C, m->NH * m->HD), 1, 0);
-        P("ffn_norm.weight", 1, SHAPE(m->C), 0, 0);
+    add_param(m, n, nd, shape, decay, expert, grad, cut)
+        int64_t q = (int64_t)m->NH * m->HD, kv = (int64_t)m->NKV * m->HD;
+        P("attn_norm.weight", 1, SHAPE(m->C), 0, 0, norm_grad, whole());
+        P("attn.qkv.weight", 2, SHAPE(m->QKV, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 3, q, kv, kv));
+        P("attn.out.weight", 2, SHAPE(m->C, q), 1, 0, MOE_GRAD_DP, cut_of(1, tp, r, 1, q, 0, 0));
+        P("ffn_norm.weight", 1, SHAPE(m->C), 0, 0, norm_grad, whole());
         if (m->cfg.moe_layer_is_moe[l]) {
-            P("moe.router.weight", 2, SHAPE(m->E, m->C), 1, 0);
-            P("moe.experts.w13", 3, SHAPE(m->E_local, 2 * m->F, m->C), 1, 1);
-            P("moe.experts.w2", 3, SHAPE(m->E_local, m->C, m->F), 1, 1);
+            moe_param_cut c13 = cut_of(1, m->ETPn, m->etp_rank, 2, m->F, m->F, 0);
+            moe_param_cut c2 = cut_of(2, m->ETPn, m->etp_rank, 1, m->F, 0, 0);
+            P("moe.router.weight", 2, SHAPE(m->E, m->C), 1, 0, MOE_GRAD_TP_DP, whole());
+            P("moe.experts.w13", 3, SHAPE(m->E_local, 2 * m->F, m->C), 1, 1, MOE_GRAD_EXPERT, c13);
+            P("moe.experts.w2", 3, SHAPE(m->E_local, m->C, m->F), 1, 1, MOE_GRAD_EXPERT, c2);
             if (m->Fs) {
-                P("moe.shared.w13", 2, SHAPE(2 * m->Fs, m->C), 1, 0);
-                P("moe.shared.w2", 2, SHAPE(m->C, m->Fs), 1, 0);
+                P("moe.shared.w13", 2, SHAPE(2 * m->Fs, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 2, m->Fs, m->Fs, 0));
+                P("moe.shared.w2", 2, SHAPE(m->C, m->Fs), 1, 0, MOE_GRAD_DP, cut_of(1, tp, r, 1, m->Fs, 0, 0));
             }
         } else {
-            P("mlp.w13", 2, SHAPE(2 * m->Fd, m->C), 1, 0);
-            P("mlp.w2", 2, SHAPE(m->C, m->Fd), 1, 0);
+            P("mlp.w13", 2, SHAPE(2 * m->Fd, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 2, m->Fd, m->Fd, 0));
+            P("mlp.w2", 2, SHAPE(m->C, m->Fd), 1, 0, MOE_GRAD_DP, cut_of(1, tp, r, 1, m->Fd, 0, 0));
         }
 #undef P
         if (m->layer_count)
             m->layer_count[l] = m->ntable - m->layer_first[l];
     }
-    add_param(m, "final_norm.weight", 1, SHAPE(m->C), 0, 0);
+    add_param(m, "final_norm.weight", 1, SHAPE(m->C), 0, 0, norm_grad, whole());
     if (m->cfg.untie_embeddings_and_output_weights)
-        add_param(m, "lm_head.weight", 2, SHAPE(m->V, m->C), 1, 0);
+        add_param(m, "lm_head.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 1, m->V, 0, 0));
 }
 
 /* Points a layer's pointer set at the tensors of `base` (params or grads),
@@ -111,87 +142,193 @@ static void point_tensors(moe_model *m, float *base, moe_layer_ptrs *lp, float *
 
 static moe_status carve_acts(moe_model *m, moe_arena *a)
 {
-    size_t N = (size_t)m->maxB * m->T, C = m->C, R = (size_t)m->capacity_rows;
-    size_t E = m->E, K = m->K;
+    size_t Ncp = (size_t)m->maxB * m->Tl, Nres = m->sp ? Ncp / m->TPn : Ncp;
+    size_t Ng = Ncp / m->TPn * m->ETPn, Nmax = Ng > Ncp ? Ng : Ncp;
+    size_t C = m->C, R = (size_t)m->capacity_rows, E = m->E, K = m->K;
+    size_t QKVl = m->QKVl, Ya = (size_t)m->NHl * m->HD, heads = (size_t)m->maxB * m->NHl * m->Tl;
+    int ring = m->CPn > 1;
 #define F32(ptr, count) MOE_TRY(moe_arena_floats(a, (count), &(ptr), #ptr))
 #define I32(ptr, count) MOE_TRY(moe_arena_bytes(a, (count) * sizeof(int32_t), (void **)&(ptr), #ptr))
     for (int l = 0; l < m->L; l++) {
         moe_layer_acts *s = &m->acts[l];
-        F32(s->x_in, N * C);
-        F32(s->h1, N * C);
-        F32(s->rstd1, N);
-        F32(s->qkv, N * m->QKV);
-        F32(s->att, (size_t)m->maxB * m->NH * m->T * m->T);
-        F32(s->attn_y, N * C);
-        F32(s->x_mid, N * C);
-        F32(s->h2, N * C);
-        F32(s->rstd2, N);
+        F32(s->x_in, Nres * C);
+        F32(s->h1, Ncp * C);
+        F32(s->rstd1, Nres);
+        F32(s->qkv, Ncp * QKVl);
+        if (ring)
+            F32(s->lse, heads);
+        else
+            F32(s->att, heads * m->Tl);
+        F32(s->attn_y, Ncp * Ya);
+        F32(s->x_mid, Nres * C);
+        F32(s->h2, Nres * C);
+        F32(s->rstd2, Nres);
+        if (m->sp && m->TPn > 1)
+            F32(s->h2full, Ncp * C);
         if (m->cfg.moe_layer_is_moe[l]) {
-            F32(s->logits, N * E);
-            F32(s->scores, N * E);
-            F32(s->topk_w, N * K);
-            I32(s->topk_idx, N * K);
+            if (m->ETPn > 1) /* else the router reads h2's own rows */
+                F32(s->hg, Ng * C);
+            F32(s->logits, Ng * E);
+            F32(s->scores, Ng * E);
+            F32(s->topk_w, Ng * K);
+            I32(s->topk_idx, Ng * K);
             F32(s->counts, E);
             I32(s->kept, E);
             I32(s->offsets, E + 1);
-            I32(s->slot_row, N * K);
+            I32(s->slot_row, Ng * K);
             I32(s->row_token, R);
             I32(s->row_slot, R);
             F32(s->xs, R * C);
             F32(s->ys, R * C);
             if (!m->par.ep) { /* with EP the expert side lives in moe_ep_layer */
-                F32(s->h13, R * 2 * m->F);
-                F32(s->act, R * m->F);
+                F32(s->h13, R * 2 * m->Fl);
+                F32(s->act, R * m->Fl);
             }
             if (m->Fs) {
-                F32(s->sh13, N * 2 * m->Fs);
-                F32(s->sact, N * m->Fs);
+                F32(s->sh13, Ncp * 2 * m->Fsl);
+                F32(s->sact, Ncp * m->Fsl);
             }
         } else {
-            F32(s->mh13, N * 2 * m->Fd);
-            F32(s->mact, N * m->Fd);
+            F32(s->mh13, Ncp * 2 * m->Fdl);
+            F32(s->mact, Ncp * m->Fdl);
         }
     }
-    F32(m->x_final, N * C);
-    F32(m->hf, N * C);
-    F32(m->rstdf, N);
-    F32(m->logits, N * m->V);
-    F32(m->probs, N * m->V);
-    F32(m->losses, N);
-    I32(m->targets, N);
-    F32(m->rope_cos, (size_t)m->T * m->HD / 2);
-    F32(m->rope_sin, (size_t)m->T * m->HD / 2);
+    F32(m->x_final, Nres * C);
+    F32(m->hf, Ncp * C);
+    F32(m->rstdf, Nres);
+    F32(m->logits, Ncp * m->Vl);
+    F32(m->probs, Ncp * m->Vl);
+    F32(m->losses, Ncp);
+    F32(m->ce_stat, 3 * Ncp);
+    I32(m->tokens, Ncp);
+    I32(m->targets, Ncp);
+    I32(m->pos, (size_t)m->Tl);
+    F32(m->rope_cos, (size_t)m->Tl * m->HD / 2);
+    F32(m->rope_sin, (size_t)m->Tl * m->HD / 2);
 
-    size_t Fmax = (size_t)(m->F > m->Fd ? m->F : m->Fd);
-    if ((size_t)m->Fs > Fmax)
-        Fmax = (size_t)m->Fs;
-    F32(m->dres, N * C);
-    F32(m->dh, N * C);
-    F32(m->dqkv, N * m->QKV);
-    F32(m->dqkv_r, N * m->QKV);
-    F32(m->dattn_y, N * C);
-    F32(m->att_scratch, (size_t)m->maxB * m->NH * m->T * m->T);
-    F32(m->dlogits, N * m->V);
-    F32(m->dlm, N * C);
-    F32(m->drouter, N * E);
-    F32(m->dtopk_w, N * K);
+    size_t Fmax = (size_t)(m->Fl > m->Fdl ? m->Fl : m->Fdl);
+    if ((size_t)m->Fsl > Fmax)
+        Fmax = (size_t)m->Fsl;
+    F32(m->dres, Nres * C);
+    F32(m->dh, Nmax * C);
+    F32(m->dqkv, Ncp * QKVl);
+    F32(m->dqkv_r, Ncp * QKVl);
+    F32(m->dattn_y, Ncp * Ya);
+    if (!ring)
+        F32(m->att_scratch, heads * m->Tl);
+    F32(m->dlogits, Ncp * m->Vl);
+    F32(m->dlm, Ncp * C);
+    F32(m->drouter, Ng * E);
+    F32(m->dtopk_w, Ng * K);
     F32(m->dxs, R * C);
     F32(m->dys, R * C);
-    I32(m->topk_slot, N * K);
+    I32(m->topk_slot, Ng * K);
     if (!m->par.ep) {
-        F32(m->dh13, R * 2 * m->F);
-        F32(m->dact, R * m->F);
+        F32(m->dh13, R * 2 * m->Fl);
+        F32(m->dact, R * m->Fl);
     }
-    F32(m->dsh13, N * 2 * Fmax);
-    F32(m->dsact, N * Fmax);
-    F32(m->ffn_out, N * C);
-    F32(m->tmp_nc, N * C);
+    F32(m->dsh13, Ncp * 2 * Fmax);
+    F32(m->dsact, Ncp * Fmax);
+    F32(m->ffn_out, Nres * C);
+    F32(m->tmp_nc, Nmax * C);
+    F32(m->gbuf, Nmax * C);
+    if (ring) {
+        size_t kv = (size_t)m->maxB * m->Tl * 2 * m->NKVl * m->HD;
+        for (int i = 0; i < 2; i++) {
+            F32(m->kv[i], kv);
+            F32(m->dkv[i], kv);
+        }
+        F32(m->ring_mx, heads);
+        F32(m->ring_l, heads);
+        F32(m->ring_D, heads);
+        F32(m->ring_acc, Ncp * Ya);
+    }
 #undef F32
 #undef I32
     return MOE_OK;
 }
 
 /* ------------------------------------------------------------------------- */
+
+static moe_comm *real_group(moe_comm *c) { return c && moe_comm_size(c) > 1 ? c : NULL; }
+static int group_size(moe_comm *c) { return c ? moe_comm_size(c) : 1; }
+static int group_rank(moe_comm *c) { return c ? moe_comm_rank(c) : 0; }
+
+/* The model's dimensions, the parallel sizes and this rank's share of each. */
+static moe_status set_dims(moe_model *m, int max_batch)
+{
+    const moe_config *c = &m->cfg;
+    moe_model_par *p = &m->par;
+    moe_comm **groups[] = {&p->ep, &p->dp_cp, &p->edp, &p->tp, &p->cp, &p->etp, &p->tp_cp, &p->tp_dp_cp};
+    for (size_t i = 0; i < sizeof groups / sizeof *groups; i++)
+        *groups[i] = real_group(*groups[i]);
+    if (p->ep && (!p->maps || p->maps[0].E != c->num_experts))
+        return moe_fail(MOE_ERR_INTERNAL, "expert parallelism without a matching expert map");
+    m->L = c->num_layers;
+    m->C = c->hidden_size;
+    m->NH = c->num_attention_heads;
+    m->NKV = c->num_query_groups;
+    m->HD = m->C / m->NH;
+    m->QKV = (m->NH + 2 * m->NKV) * m->HD;
+    m->V = c->vocab_size;
+    m->E = c->num_experts;
+    m->K = c->moe_router_topk;
+    m->F = c->moe_ffn_hidden_size;
+    m->Fs = c->moe_shared_expert_intermediate_size;
+    m->Fd = c->ffn_hidden_size;
+    m->T = c->seq_length;
+    m->maxB = max_batch;
+    m->E_local = p->ep ? p->maps[0].E_local : m->E;
+
+    m->TPn = group_size(p->tp), m->tp_rank = group_rank(p->tp);
+    m->CPn = group_size(p->cp), m->cp_rank = group_rank(p->cp);
+    m->ETPn = group_size(p->etp), m->etp_rank = group_rank(p->etp);
+    m->sp = p->sequence_parallel && m->TPn > 1;
+    m->canonical_dense = group_rank(p->dp_cp) == 0;
+    m->canonical_expert = group_rank(p->edp) == 0;
+    int tp = m->TPn;
+    if (m->NH % tp || m->NKV % tp || m->Fd % tp || m->Fs % tp)
+        return moe_fail(MOE_ERR_USAGE, "tensor-parallel size %d must divide num-attention-heads (%d), "
+                        "num-query-groups (%d), ffn-hidden-size (%d) and moe-shared-expert-intermediate-size (%d)",
+                        tp, m->NH, m->NKV, m->Fd, m->Fs);
+    if (m->F % m->ETPn)
+        return moe_fail(MOE_ERR_USAGE, "expert-tensor-parallel size %d must divide moe-ffn-hidden-size (%d)",
+                        m->ETPn, m->F);
+    if (m->CPn > 1 && m->T % (2 * m->CPn))
+        return moe_fail(MOE_ERR_USAGE, "seq-length (%d) must be divisible by 2 x context-parallel size (%d)",
+                        m->T, 2 * m->CPn);
+    m->Tl = m->T / m->CPn;
+    if ((max_batch * m->Tl) % tp)
+        return moe_fail(MOE_ERR_USAGE, "tokens per micro-batch and context-parallel rank (%d x %d) must be "
+                        "divisible by the tensor-parallel size (%d)", max_batch, m->Tl, tp);
+    m->NHl = m->NH / tp;
+    m->NKVl = m->NKV / tp;
+    m->QKVl = (m->NHl + 2 * m->NKVl) * m->HD;
+    m->Fl = m->F / m->ETPn;
+    m->Fsl = m->Fs / tp;
+    m->Fdl = m->Fd / tp;
+    m->v0 = (int)((int64_t)m->V * m->tp_rank / tp);
+    m->Vl = (int)((int64_t)m->V * (m->tp_rank + 1) / tp) - m->v0;
+    return MOE_OK;
+}
+
+/* This rank's token positions (chunks r and 2CP-1-r of each sequence, for
+** causal balance) and the RoPE table rows at them. */
+static moe_status rope_at_positions(moe_model *m)
+{
+    int half = m->HD / 2, chunk = m->T / (2 * m->CPn), r = m->cp_rank;
+    for (int i = 0; i < m->Tl; i++)
+        m->pos[i] = m->CPn == 1 ? i : i < chunk ? r * chunk + i : (2 * m->CPn - 1 - r) * chunk + (i - chunk);
+    float *cs = NULL;
+    MOE_TRY(moe_alloc((void **)&cs, sizeof(float) * 2 * (size_t)m->T * half, "RoPE table"));
+    moe_rope_table(cs, cs + (size_t)m->T * half, m->T, m->HD, m->cfg.rotary_base);
+    for (int i = 0; i < m->Tl; i++) {
+        memcpy(m->rope_cos + (size_t)i * half, cs + (size_t)m->pos[i] * half, sizeof(float) * half);
+        memcpy(m->rope_sin + (size_t)i * half, cs + (size_t)(m->T + m->pos[i]) * half, sizeof(float) * half);
+    }
+    moe_free(cs);
+    return MOE_OK;
+}
 
 static moe_status check_supported(const moe_config *c)
 {
@@ -216,29 +353,11 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     m->cfg = *cfg;
     if (par)
         m->par = *par;
-    if (m->par.ep && moe_comm_size(m->par.ep) == 1)
-        m->par.ep = NULL;
-    if (m->par.ep && (!m->par.maps || m->par.maps[0].E != cfg->num_experts))
-        MOE_TRY_GOTO(moe_fail(MOE_ERR_INTERNAL, "expert parallelism without a matching expert map"), st, fail);
     MOE_TRY_GOTO(moe_config_validate(&m->cfg), st, fail);
+    MOE_TRY_GOTO(set_dims(m, max_batch), st, fail);
     const moe_config *c = &m->cfg;
-    m->L = c->num_layers;
-    m->C = c->hidden_size;
-    m->NH = c->num_attention_heads;
-    m->NKV = c->num_query_groups;
-    m->HD = m->C / m->NH;
-    m->QKV = (m->NH + 2 * m->NKV) * m->HD;
-    m->V = c->vocab_size;
-    m->E = c->num_experts;
-    m->K = c->moe_router_topk;
-    m->F = c->moe_ffn_hidden_size;
-    m->Fs = c->moe_shared_expert_intermediate_size;
-    m->Fd = c->ffn_hidden_size;
-    m->T = c->seq_length;
-    m->maxB = max_batch;
-    m->E_local = m->par.ep ? m->par.maps[0].E_local : m->E;
 
-    size_t pairs = (size_t)max_batch * m->T * m->K;
+    size_t pairs = (size_t)max_batch * m->Tl / m->TPn * m->ETPn * m->K;
     size_t rows = pairs;
     if (c->moe_expert_capacity_factor > 0 && c->moe_pad_expert_input_to_capacity) {
         size_t cap = (size_t)ceil(c->moe_expert_capacity_factor * (double)pairs / m->E);
@@ -282,7 +401,7 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     MOE_TRY_GOTO(carve_acts(m, &m->arena), st, fail);
     MOE_TRY_GOTO(moe_arena_init(&m->arena, m->arena.peak), st, fail);
     MOE_TRY_GOTO(carve_acts(m, &m->arena), st, fail);
-    moe_rope_table(m->rope_cos, m->rope_sin, m->T, m->HD, c->rotary_base);
+    MOE_TRY_GOTO(rope_at_positions(m), st, fail);
     *out = m;
     return MOE_OK;
 fail:
@@ -348,34 +467,115 @@ static const moe_expert_map *entry_map(const moe_model *m, int i)
     return NULL;
 }
 
-void moe_model_init(moe_model *m, uint64_t seed)
+size_t moe_param_full_numel(const moe_param_info *p)
 {
-    double std = m->cfg.init_method_std;
-    double out_std = std / sqrt(2.0 * m->L); /* GPT-2 / Megatron scaled init of residual outputs */
-    for (int i = 0; i < m->ntable; i++) {
-        const moe_param_info *p = &m->table[i];
-        float *w = m->params + p->offset;
-        if (p->ndim == 1) {
-            for (size_t j = 0; j < p->numel; j++)
-                w[j] = 1.0f;
-            continue;
-        }
-        double s = is_output_projection(p->name) ? out_std : std;
-        uint64_t stream = seed ^ name_hash(p->name);
-        if (!p->is_expert) {
-            fill_normal(w, p->numel, stream, s);
-            continue;
-        }
-        size_t per = p->numel / (size_t)p->shape[0];
-        const moe_expert_map *map = entry_map(m, i);
-        for (int l = 0; l < (int)p->shape[0]; l++) {
-            int e = map ? map->local_experts[l] : l;
-            fill_normal(w + (size_t)l * per, per, stream + 0x9e3779b97f4a7c15ULL * (uint64_t)(e + 1), s);
+    size_t n = 1;
+    for (int i = 0; i < p->ndim; i++)
+        n *= (size_t)p->cut.full_shape[i];
+    return n;
+}
+
+size_t moe_param_piece_numel(const moe_param_info *p, int part)
+{
+    const moe_param_cut *c = &p->cut;
+    size_t full = moe_param_full_numel(p);
+    if (c->split_dim < 0)
+        return full;
+    int64_t D = c->full_shape[c->split_dim], Dl = 0;
+    for (int b = 0; b < c->nblocks; b++)
+        Dl += piece_len(c->blocks[b], c->parts, part);
+    return D ? full / (size_t)D * (size_t)Dl : 0;
+}
+
+/* Walks the pieces of a cut: for each outer index and block, `len` rows of
+** `inner` floats at full offset `f` and local offset `l`. */
+static void cut_copy(const moe_param_info *p, int part, const float *src, float *dst, int to_local)
+{
+    const moe_param_cut *c = &p->cut;
+    if (c->split_dim < 0) {
+        size_t n = moe_param_full_numel(p);
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    size_t outer = 1, inner = 1, D = (size_t)c->full_shape[c->split_dim], Dl = 0;
+    for (int i = 0; i < c->split_dim; i++)
+        outer *= (size_t)c->full_shape[i];
+    for (int i = c->split_dim + 1; i < p->ndim; i++)
+        inner *= (size_t)c->full_shape[i];
+    for (int b = 0; b < c->nblocks; b++)
+        Dl += (size_t)piece_len(c->blocks[b], c->parts, part);
+    for (size_t o = 0; o < outer; o++) {
+        size_t f = o * D, l = o * Dl;
+        for (int b = 0; b < c->nblocks; b++) {
+            size_t start = (size_t)(c->blocks[b] * part / c->parts), len = (size_t)piece_len(c->blocks[b], c->parts, part);
+            const float *from = to_local ? src + (f + start) * inner : src + l * inner;
+            float *to = to_local ? dst + l * inner : dst + (f + start) * inner;
+            memcpy(to, from, len * inner * sizeof(float));
+            f += (size_t)c->blocks[b];
+            l += len;
         }
     }
+}
+
+void moe_param_cut_extract(const moe_param_info *p, int part, const float *full, float *local)
+{
+    cut_copy(p, part, full, local, 1);
+}
+
+void moe_param_cut_insert(const moe_param_info *p, int part, const float *local, float *full)
+{
+    cut_copy(p, part, local, full, 0);
+}
+
+/* The full tensor's values (each expert of an expert tensor from its own
+** stream), so every cut of it gets the single-rank model's values. */
+static void init_full(const moe_model *m, int i, uint64_t seed, float *w)
+{
+    const moe_param_info *p = &m->table[i];
+    size_t n = moe_param_full_numel(p);
+    if (p->ndim == 1) {
+        for (size_t j = 0; j < n; j++)
+            w[j] = 1.0f;
+        return;
+    }
+    double std = m->cfg.init_method_std;
+    double s = is_output_projection(p->name) ? std / sqrt(2.0 * m->L) : std; /* GPT-2 / Megatron scaled init */
+    uint64_t stream = seed ^ name_hash(p->name);
+    if (!p->is_expert) {
+        fill_normal(w, n, stream, s);
+        return;
+    }
+    size_t per = n / (size_t)p->cut.full_shape[0];
+    const moe_expert_map *map = entry_map(m, i);
+    for (int l = 0; l < (int)p->cut.full_shape[0]; l++) {
+        int e = map ? map->local_experts[l] : l;
+        fill_normal(w + (size_t)l * per, per, stream + 0x9e3779b97f4a7c15ULL * (uint64_t)(e + 1), s);
+    }
+}
+
+moe_status moe_model_init(moe_model *m, uint64_t seed)
+{
+    size_t most = 0;
+    for (int i = 0; i < m->ntable; i++)
+        if (m->table[i].cut.split_dim >= 0 && moe_param_full_numel(&m->table[i]) > most)
+            most = moe_param_full_numel(&m->table[i]);
+    float *full = NULL;
+    if (most)
+        MOE_TRY(moe_alloc((void **)&full, most * sizeof(float), "initialisation scratch"));
+    for (int i = 0; i < m->ntable; i++) {
+        const moe_param_info *p = &m->table[i];
+        if (p->cut.split_dim < 0) {
+            init_full(m, i, seed, m->params + p->offset);
+            continue;
+        }
+        init_full(m, i, seed, full);
+        moe_param_cut_extract(p, p->cut.part, full, m->params + p->offset);
+    }
+    moe_free(full);
     memset(m->expert_bias, 0, sizeof(float) * (size_t)m->n_moe * m->E);
     memset(m->load_counts, 0, sizeof(double) * (size_t)m->n_moe * m->E);
     m->load_dropped = m->load_pairs = 0;
+    return MOE_OK;
 }
 
 void moe_model_zero_grad(moe_model *m) { memset(m->grads, 0, m->nparams * sizeof(float)); }

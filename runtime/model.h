@@ -50,17 +50,50 @@
 
 #define MOE_PARAM_NAME_MAX 64
 
+/* Which group sums a tensor's gradient after backward. */
+typedef enum {
+    MOE_GRAD_DP = 0,     /* dp_cp: complete on every tensor-parallel rank */
+    MOE_GRAD_EXPERT = 1, /* edp: routed-expert weights */
+    MOE_GRAD_TP_DP = 2,  /* tp_dp_cp: a replicated tensor whose ranks saw
+                            different tokens (router; norms with sequence
+                            parallelism), so tp ranks hold partial sums */
+} moe_grad_kind;
+
+/*
+** How a rank's tensor is cut from the full one (tensor / expert-tensor
+** parallelism). full_shape is the tensor before the cut (for expert tensors:
+** this rank's E_local experts, all of their columns). Along split_dim the
+** full tensor is nblocks consecutive blocks (qkv: q, k, v heads; w13: gate,
+** up); each block is cut into `parts` pieces, piece i holding [len*i/parts,
+** len*(i+1)/parts) of it, and the rank holds piece `part` of every block,
+** concatenated. split_dim -1: held whole (parts 1).
+*/
+typedef struct {
+    int split_dim, nblocks, parts, part;
+    int64_t blocks[3];
+    int64_t full_shape[4];
+} moe_param_cut;
+
 typedef struct {
     char name[MOE_PARAM_NAME_MAX];
     int ndim;
-    int64_t shape[4];
+    int64_t shape[4]; /* this rank's shape */
     size_t offset; /* in floats, into params / grads / moments */
     size_t numel;
     int decay;     /* weight decay applies (matrices yes, norms no) */
     int is_expert; /* routed-expert weight: reduces over EDP, sharded by EP */
+    moe_grad_kind grad;
+    moe_param_cut cut;
+    int canonical; /* this rank's copy is the one counted in the grad norm and
+                      written to checkpoints (one per set of identical copies:
+                      data-parallel replicas, tensor-parallel replicas, the
+                      last pipeline stage's copy of a tied embedding) */
 } moe_param_info;
 
-/* What one forward pass measured, summed over its tokens. */
+/* What one forward pass measured, this rank's share: summing the stats of
+** every rank that worked on a micro-batch (its tp x cp ranks) gives the
+** micro-batch's (lm_loss_sum and tokens count once per tp group: they are 0
+** on tp ranks > 0). */
 typedef struct {
     double lm_loss_sum;   /* sum of token cross-entropies */
     double aux_loss;      /* sum over MoE layers of the aux loss (uncoefficiented) */
@@ -78,12 +111,31 @@ typedef struct moe_model moe_model;
 ** the same E and E_local; layers may place experts differently.
 ** dp_cp / edp: where non-expert / expert gradients are summed. Any may be
 ** NULL (or of size 1): that dimension is 1.
+**
+** Tensor parallelism (tp, Megatron's column/row split): qkv and the FFN's
+** w13 are cut by output rows, the output projections by input columns, the
+** embedding and LM head by vocabulary rows; the row-parallel outputs are
+** all-reduced over tp, or with sequence_parallel reduce-scattered along the
+** tokens (the residual stream then holds this rank's 1/TP of the tokens and
+** is all-gathered before each column-parallel input). Routed experts always
+** see this rank's 1/TP of the micro-batch's tokens; with etp they are
+** all-gathered over etp before the router and the expert outputs (partial
+** over the F columns) reduce-scattered back. Context parallelism (cp): the
+** forward takes whole sequences; rank r keeps chunks r and 2CP-1-r of each
+** and runs ring attention over cp. Losses are always those of the whole
+** micro-batch (the aux loss's counts are summed over tp_cp).
 */
 typedef struct {
     moe_comm *ep;
     const moe_expert_map *maps; /* [MoE layers] */
     moe_comm *dp_cp;
     moe_comm *edp;
+    moe_comm *tp;       /* attention heads, FFN columns, vocabulary */
+    moe_comm *cp;       /* sequence chunks, ring attention */
+    moe_comm *etp;      /* routed experts' columns */
+    moe_comm *tp_cp;    /* the ranks sharing one micro-batch: aux-loss counts */
+    moe_comm *tp_dp_cp; /* MOE_GRAD_TP_DP gradients */
+    int sequence_parallel;
 } moe_model_par;
 
 /* Validates dims, builds the table, allocates params, grads and activations
@@ -98,8 +150,9 @@ void moe_model_free(moe_model *m);
 ** projections N(0, std / sqrt(2 * layers)), norms 1, expert bias 0. Each
 ** tensor (and each expert of an expert tensor) draws from its own stream,
 ** seeded by the seed and its name, so a rank holding a subset of the experts
-** gets exactly the values the single-rank model has for them. */
-void moe_model_init(moe_model *m, uint64_t seed);
+** gets exactly the values the single-rank model has for them; a tensor-parallel
+** piece is cut from the full tensor's values. */
+moe_status moe_model_init(moe_model *m, uint64_t seed);
 
 /* Forward over B <= max_batch sequences; targets may be NULL (then no loss).
 ** Saves what backward needs. */
@@ -116,6 +169,10 @@ moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale);
 ** micro-batch of a step. Without parallel groups both are no-ops. */
 void moe_model_set_grad_sync(moe_model *m, int on);
 moe_status moe_model_finish_grad_sync(moe_model *m);
+
+/* Sums the MOE_GRAD_TP_DP gradients over tp (blocking), for callers that do
+** the data-parallel sums themselves (the distributed optimizer). */
+moe_status moe_model_reduce_tp_partials(moe_model *m);
 
 void moe_model_zero_grad(moe_model *m);
 
@@ -143,6 +200,15 @@ void moe_model_take_load(moe_model *m, double *imbalance, double *dropped_frac);
 moe_status moe_model_set_trace(moe_model *m, int on);
 void moe_model_take_trace(moe_model *m, double *load, double *transitions);
 int moe_model_num_moe_layers(const moe_model *m);
+
+/* A tensor-parallel cut (see moe_param_cut): copies the piece `part` of
+** the full tensor (p->cut.full_shape, row-major) into local, or back. The
+** piece's shape is p->shape when part == p->cut.part. */
+void moe_param_cut_extract(const moe_param_info *p, int part, const float *full, float *local);
+void moe_param_cut_insert(const moe_param_info *p, int part, const float *local, float *full);
+/* Floats of the full tensor, and of piece `part` of it. */
+size_t moe_param_full_numel(const moe_param_info *p);
+size_t moe_param_piece_numel(const moe_param_info *p, int part);
 
 /* The table and buffers. */
 const moe_param_info *moe_model_params(const moe_model *m, int *count);

@@ -1,27 +1,28 @@
 /*
 ** model_grad_sync: data-parallel gradient sums, launched layer by layer while
 ** backward still runs. Non-expert tensors are summed over dp_cp, expert
-** tensors over edp (their replicas: the ranks holding the same experts).
-** Adjacent tensors of the same kind go as one non-blocking all-reduce: the
-** flat gradient buffer keeps a layer's tensors next to each other, so a layer
-** costs at most three messages. Gradients are summed, not averaged: the loss
-** is already scaled by the global batch (see model.h).
+** tensors over edp (their replicas: the ranks holding the same experts), and
+** replicated tensors whose tp ranks saw different tokens (MOE_GRAD_TP_DP)
+** over tp_dp_cp. Adjacent tensors of the same kind go as one non-blocking
+** all-reduce: the flat gradient buffer keeps a layer's tensors next to each
+** other, so a layer costs a handful of messages. Gradients are summed, not
+** averaged: the loss is already scaled by the global batch (see model.h).
 */
 #include "runtime/model_internal.h"
 
-static moe_comm *group_for(const moe_model *m, int is_expert)
+static moe_comm *group_for(const moe_model *m, moe_grad_kind k)
 {
-    moe_comm *c = is_expert ? m->par.edp : m->par.dp_cp;
-    return c && moe_comm_size(c) > 1 ? c : NULL;
+    return k == MOE_GRAD_EXPERT ? m->par.edp : k == MOE_GRAD_TP_DP ? m->par.tp_dp_cp : m->par.dp_cp;
 }
 
 moe_status moe_model_sync_tensors(moe_model *m, int first, int count)
 {
     int i = first, end = first + count;
     while (i < end) {
-        int kind = m->table[i].is_expert, j = i;
+        moe_grad_kind kind = m->table[i].grad;
+        int j = i;
         /* run of same-kind tensors; the gaps between them are zero padding */
-        while (j + 1 < end && m->table[j + 1].is_expert == kind)
+        while (j + 1 < end && m->table[j + 1].grad == kind)
             j++;
         moe_comm *c = group_for(m, kind);
         if (c) {
@@ -61,5 +62,16 @@ moe_status moe_model_reduce_load(moe_model *m, moe_comm *group)
     MOE_TRY(moe_allreduce(group, d, 2, MOE_DT_F64, MOE_OP_SUM));
     m->load_dropped = d[0];
     m->load_pairs = d[1];
+    return MOE_OK;
+}
+
+moe_status moe_model_reduce_tp_partials(moe_model *m)
+{
+    if (!m->par.tp)
+        return MOE_OK;
+    for (int i = 0; i < m->ntable; i++)
+        if (m->table[i].grad == MOE_GRAD_TP_DP)
+            MOE_TRY(moe_allreduce(m->par.tp, m->grads + m->table[i].offset, m->table[i].numel, MOE_DT_F32,
+                                  MOE_OP_SUM));
     return MOE_OK;
 }

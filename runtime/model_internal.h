@@ -18,35 +18,40 @@ typedef struct {
 /* Launches the gradient sum of table entries [first, first+count). */
 moe_status moe_model_sync_tensors(moe_model *m, int first, int count);
 
-/* Activations one layer saves for backward (N = B*T tokens). */
+/* Activations one layer saves for backward. Row counts (see struct moe_model):
+** Nres residual rows, Ncp this rank's tokens (all of them, gathered), Ng the
+** tokens the routed experts of this rank see. */
 typedef struct {
-    float *x_in;       /* (N, C) residual stream entering the layer */
-    float *h1, *rstd1; /* attn_norm output (N, C), (N) */
-    float *qkv;        /* (N, QKV) after RoPE */
-    float *att;        /* (B, NH, T, T) softmax probabilities */
-    float *attn_y;     /* (N, C) attention output before the out projection */
-    float *x_mid;      /* (N, C) residual stream after attention */
-    float *h2, *rstd2; /* ffn_norm output, rstd */
-    /* MoE */
-    float *logits, *scores, *topk_w; /* (N, E), (N, E), (N, K) */
-    int32_t *topk_idx;               /* (N, K) */
-    float *counts;                   /* (E) routed pairs per expert, this micro-batch */
+    float *x_in;       /* (Nres, C) residual stream entering the layer */
+    float *h1, *rstd1; /* attn_norm output gathered (Ncp, C); rstd (Nres) */
+    float *qkv;        /* (Ncp, QKVl) after RoPE */
+    float *att;        /* (B, NHl, Tl, Tl) softmax probabilities (CP = 1) */
+    float *lse;        /* (B, NHl, Tl) log-sum-exp of each query's scores (CP > 1) */
+    float *attn_y;     /* (Ncp, NHl * HD) attention output before the out projection */
+    float *x_mid;      /* (Nres, C) residual stream after attention */
+    float *h2, *rstd2; /* ffn_norm output (Nres, C), rstd (Nres) */
+    float *h2full;     /* (Ncp, C) h2 gathered over tp (sequence parallel; else h2) */
+    /* MoE, over the Ng tokens the router sees */
+    float *hg;                       /* (Ng, C) router input (may alias h2 rows) */
+    float *logits, *scores, *topk_w; /* (Ng, E), (Ng, E), (Ng, K) */
+    int32_t *topk_idx;               /* (Ng, K) */
+    float *counts;                   /* (E) routed pairs per expert of the micro-batch */
     int32_t *kept, *offsets, *slot_row, *row_token, *row_slot;
-    float *xs, *h13, *act, *ys;      /* (R, C), (R, 2F), (R, F), (R, C) */
-    float *sh13, *sact;              /* shared expert (N, 2Fs), (N, Fs) */
+    float *xs, *h13, *act, *ys;      /* (R, C), (R, 2Fl), (R, Fl), (R, C) */
+    float *sh13, *sact;              /* shared expert (Ncp, 2Fsl), (Ncp, Fsl) */
     int rows;                        /* R of this micro-batch */
     /* dense FFN */
-    float *mh13, *mact;              /* (N, 2Fd), (N, Fd) */
+    float *mh13, *mact;              /* (Ncp, 2Fdl), (Ncp, Fdl) */
 } moe_layer_acts;
 
 #define MOE_MAX_SYNC_REQS 1024
 
 struct moe_model {
     moe_config cfg;
-    moe_model_par par;  /* ep NULL when all experts are local */
+    moe_model_par par;  /* groups of size 1 are NULL */
     int E_local;        /* experts whose weights this rank holds */
     moe_ep_layer *ep_layers; /* per MoE layer, with ep */
-    int32_t *topk_slot; /* (N, K) router choices in slot order (see parallel/ep.h) */
+    int32_t *topk_slot; /* (Ng, K) router choices in slot order (see parallel/ep.h) */
     int *layer_first, *layer_count; /* table entries of each layer */
 
     int trace_on;           /* count routing for a trace (see model.h) */
@@ -58,6 +63,16 @@ struct moe_model {
     moe_request *sync_reqs[MOE_MAX_SYNC_REQS];
     int nsync;
     int L, C, NH, NKV, HD, QKV, V, E, K, F, Fs, Fd, T, maxB;
+    /* parallel sizes and this rank's coordinates */
+    int TPn, tp_rank, CPn, cp_rank, ETPn, etp_rank, sp;
+    int canonical_dense;  /* dp_cp rank 0: its non-expert tensors are the ones that count */
+    int canonical_expert; /* edp rank 0 */
+    /* this rank's share of the dimensions */
+    int NHl, NKVl, QKVl, Fl, Fsl, Fdl, v0, Vl, Tl;
+    /* rows of the current micro-batch: Ncp = B * Tl tokens of this rank,
+    ** Nres = residual rows (Ncp / TP with sequence parallelism), Nown = the
+    ** tokens this rank routes (Ncp / TP), Ng = Nown * ETP the router sees */
+    int Ncp, Nres, Nown, Ng;
     int capacity_rows; /* R_max of one micro-batch */
     int n_moe;         /* MoE layers */
 
@@ -77,16 +92,47 @@ struct moe_model {
     /* activations of the last forward */
     moe_arena arena;
     int B;
-    const int32_t *tokens;
-    int32_t *targets;
+    int32_t *tokens, *targets; /* (Ncp) this rank's tokens of the micro-batch */
+    int32_t *pos;              /* (Tl) their positions in the sequence */
     moe_layer_acts *acts;
-    float *x_final, *hf, *rstdf, *logits, *probs, *losses;
-    float *rope_cos, *rope_sin;
+    float *x_final, *hf, *rstdf, *logits, *probs, *losses; /* (Nres,C), (Ncp,C), (Nres), (Ncp,Vl) x2, (Ncp) */
+    float *rope_cos, *rope_sin; /* (Tl, HD/2) at this rank's positions */
 
     /* backward scratch, reused by every layer */
     float *dres, *dh, *dqkv, *dqkv_r, *dattn_y, *att_scratch, *dlogits, *dlm;
     float *drouter, *dtopk_w, *dxs, *dys, *dh13, *dact, *dsh13, *dsact, *dmh13, *dmact;
-    float *ffn_out, *tmp_nc;
+    float *ffn_out, *tmp_nc, *gbuf; /* (Nres, C), (max(Ncp, Ng), C), (max(Ncp, Ng), C) */
+    float *ce_stat; /* (3 Ncp) vocab-parallel cross-entropy: max, sum, target logit */
+    /* ring attention (CP > 1) */
+    float *kv[2], *dkv[2];    /* (B, Tl, 2 NKVl, HD) travelling K/V blocks and their gradients */
+    float *ring_mx, *ring_l, *ring_acc, *ring_D;
 };
+
+/* ---- collectives over tp / etp that degrade to copies at size 1 ---------- */
+
+/* out (rows*size, C) = every rank's in (rows, C), in rank order. */
+moe_status moe_mp_allgather(moe_comm *g, const float *in, float *out, size_t rows, size_t C);
+/* out (rows, C) = this rank's block of the sum of every rank's in (rows*size, C). */
+moe_status moe_mp_reduce_scatter(moe_comm *g, const float *in, float *out, size_t rows, size_t C);
+/* buf (rows, C) summed over g in place. */
+moe_status moe_mp_allreduce(moe_comm *g, float *buf, size_t rows, size_t C);
+
+/* A (Ncp, C) tensor partial over tp (a row-parallel output, or the gradient
+** of a column-parallel input) summed into the residual form: reduce-scatter
+** into out (Nres rows; out != partial) with sequence parallelism, else
+** all-reduce (copied into out first when it differs). */
+moe_status moe_tp_out(moe_model *m, const float *partial, float *out);
+/* The residual form (Nres, C) gathered to all of this rank's tokens (Ncp, C)
+** (a copy without sequence parallelism, unless out == in). */
+moe_status moe_tp_in(moe_model *m, const float *in, float *out);
+
+/* ---- the parts of a step (model_step.c drives them) ---------------------- */
+moe_status moe_attn_forward(moe_model *m, int l);
+/* dres holds d(x_mid) on entry and d(x_in) on return. */
+moe_status moe_attn_backward(moe_model *m, int l);
+/* out (Nres, C) = x_mid + ffn(norm(x_mid)). */
+moe_status moe_ffn_forward(moe_model *m, int l, float *out, moe_fwd_stats *st);
+/* dres holds d(out) on entry and d(x_mid) on return. */
+moe_status moe_ffn_backward(moe_model *m, int l, float aux_scale);
 
 #endif

@@ -41,20 +41,21 @@ double moe_grad_norm(moe_model *model)
     return sqrt(moe_sum_squares(moe_model_grad_data(model), moe_model_num_params(model)));
 }
 
-moe_status moe_grad_norm_parallel(moe_model *model, moe_comm *ep, double *norm)
+moe_status moe_grad_norm_parallel(moe_model *model, moe_comm *world, double *norm)
 {
-    if (!ep) {
+    if (!world) {
         *norm = moe_grad_norm(model);
         return MOE_OK;
     }
     int count;
     const moe_param_info *t = moe_model_params(model, &count);
     const float *g = moe_model_grad_data(model);
-    double sq[2] = {0, 0}; /* non-expert, expert */
+    double sq = 0;
     for (int i = 0; i < count; i++)
-        sq[t[i].is_expert] += moe_sum_squares(g + t[i].offset, t[i].numel);
-    MOE_TRY(moe_allreduce(ep, &sq[1], 1, MOE_DT_F64, MOE_OP_SUM));
-    *norm = sqrt(sq[0] + sq[1]);
+        if (t[i].canonical)
+            sq += moe_sum_squares(g + t[i].offset, t[i].numel);
+    MOE_TRY(moe_allreduce(world, &sq, 1, MOE_DT_F64, MOE_OP_SUM));
+    *norm = sqrt(sq);
     return MOE_OK;
 }
 

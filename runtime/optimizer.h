@@ -27,9 +27,10 @@ double moe_lr_at(const moe_config *c, long it);
 
 /* Global L2 norm of all gradients (before clipping). */
 double moe_grad_norm(moe_model *model);
-/* The same over a parallel run after the data-parallel sums: non-expert
-** gradients are replicated, expert gradients are spread over ep (NULL: all local). */
-moe_status moe_grad_norm_parallel(moe_model *model, moe_comm *ep, double *norm);
+/* The same over a parallel run after the data-parallel sums: each rank adds
+** the tensors whose copy is canonical (moe_param_info), summed over the
+** world (NULL: one rank). */
+moe_status moe_grad_norm_parallel(moe_model *model, moe_comm *world, double *norm);
 
 /* The factor that clips a gradient of norm `norm` to clip_grad (1 when
 ** clip_grad is 0 or the norm is already below it). */

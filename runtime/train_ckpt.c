@@ -241,17 +241,119 @@ static moe_status moments_get(moe_trainer *tr, moments *mo)
     return MOE_OK;
 }
 
+/*
+** Tensor-parallel cuts: checkpoints hold the full tensors, so a cut tensor
+** (and its moments) goes through a full-size staging copy: before a save the
+** pieces are all-gathered over the cut's group (tp, or etp for experts) and
+** assembled; after a load each rank takes its piece out. Staging holds the
+** full values of the cut tensors for the duration of the call.
+*/
+typedef struct {
+    float *buf;
+    size_t *off; /* [PREFIXES * entries]: offset into buf, or SIZE_MAX when not cut */
+} staging;
+
+static void staging_free(staging *s)
+{
+    moe_free(s->buf);
+    moe_free(s->off);
+    memset(s, 0, sizeof *s);
+}
+
+static moe_comm *cut_group(const moe_trainer_par *par, const moe_param_info *p)
+{
+    moe_comm *g = p->is_expert ? par->etp : par->tp;
+    return g && moe_comm_size(g) > 1 ? g : NULL;
+}
+
+static moe_status staging_init(moe_trainer *tr, staging *s)
+{
+    int nt;
+    const moe_param_info *t = moe_model_params(moe_trainer_model(tr), &nt);
+    memset(s, 0, sizeof *s);
+    MOE_TRY(moe_alloc((void **)&s->off, sizeof *s->off * (size_t)PREFIXES * (size_t)nt, "checkpoint staging"));
+    size_t total = 0;
+    for (int p = 0; p < PREFIXES; p++)
+        for (int i = 0; i < nt; i++) {
+            s->off[p * nt + i] = SIZE_MAX;
+            if (t[i].cut.split_dim >= 0) {
+                s->off[p * nt + i] = total;
+                total += moe_param_full_numel(&t[i]);
+            }
+        }
+    if (total)
+        MOE_TRY(moe_alloc((void **)&s->buf, total * sizeof(float), "checkpoint staging"));
+    return MOE_OK;
+}
+
+/* Every cut tensor's pieces gathered into its full staging copy. Collective
+** over the cut groups. */
+static moe_status staging_gather(moe_trainer *tr, staging *s, float *const base[PREFIXES])
+{
+    const moe_trainer_par *par = moe_trainer_parallel(tr);
+    int nt;
+    const moe_param_info *t = moe_model_params(moe_trainer_model(tr), &nt);
+    moe_status st = MOE_OK;
+    float *pieces = NULL;
+    size_t *counts = NULL, *displs = NULL;
+    for (int p = 0; p < PREFIXES && st == MOE_OK; p++)
+        for (int i = 0; i < nt && st == MOE_OK; i++) {
+            if (s->off[p * nt + i] == SIZE_MAX)
+                continue;
+            float *full = s->buf + s->off[p * nt + i], *mine = base[p] + t[i].offset;
+            moe_comm *g = cut_group(par, &t[i]);
+            if (!g) {
+                moe_param_cut_insert(&t[i], 0, mine, full);
+                continue;
+            }
+            int n = moe_comm_size(g);
+            st = moe_alloc((void **)&counts, sizeof *counts * (size_t)n, "checkpoint gather");
+            if (st == MOE_OK)
+                st = moe_alloc((void **)&displs, sizeof *displs * (size_t)n, "checkpoint gather");
+            if (st == MOE_OK)
+                st = moe_alloc((void **)&pieces, moe_param_full_numel(&t[i]) * sizeof(float), "checkpoint gather");
+            size_t at = 0;
+            for (int q = 0; st == MOE_OK && q < n; q++) {
+                counts[q] = moe_param_piece_numel(&t[i], q);
+                displs[q] = at;
+                at += counts[q];
+            }
+            if (st == MOE_OK)
+                st = moe_allgatherv(g, mine, t[i].numel, pieces, counts, displs, MOE_DT_F32);
+            for (int q = 0; st == MOE_OK && q < n; q++)
+                moe_param_cut_insert(&t[i], q, pieces + displs[q], full);
+            moe_free(pieces);
+            moe_free(counts);
+            moe_free(displs);
+            pieces = NULL;
+            counts = displs = NULL;
+        }
+    return st;
+}
+
+/* Each rank's piece out of the loaded full copies. */
+static void staging_scatter(moe_trainer *tr, const staging *s, float *const base[PREFIXES])
+{
+    int nt;
+    const moe_param_info *t = moe_model_params(moe_trainer_model(tr), &nt);
+    for (int p = 0; p < PREFIXES; p++)
+        for (int i = 0; i < nt; i++)
+            if (s->off[p * nt + i] != SIZE_MAX)
+                moe_param_cut_extract(&t[i], t[i].cut.part, s->buf + s->off[p * nt + i], base[p] + t[i].offset);
+}
+
 /* Does this rank write the expert tensors' rows it holds? One rank per ep
 ** rank does (edp rank 0); without expert parallelism, world rank 0. */
 static int owns_experts(const moe_trainer_par *par)
 {
     if (!par->ep || moe_comm_size(par->ep) == 1)
         return !par->world || moe_comm_rank(par->world) == 0;
-    return !par->edp || moe_comm_rank(par->edp) == 0;
+    return (!par->edp || moe_comm_rank(par->edp) == 0) && (!par->etp || moe_comm_rank(par->etp) == 0);
 }
 
-/* saving: only what this rank writes; loading: every tensor, this rank's rows. */
-static moe_status build(moe_trainer *tr, const moments *mo, int saving, part_list *l)
+/* saving: only what this rank writes; loading: every tensor, this rank's rows
+** (of the full staging copy for cut tensors). */
+static moe_status build(moe_trainer *tr, const moments *mo, const staging *sg, int saving, part_list *l)
 {
     moe_model *m = moe_trainer_model(tr);
     const moe_trainer_par *par = moe_trainer_parallel(tr);
@@ -274,9 +376,18 @@ static moe_status build(moe_trainer *tr, const moments *mo, int saving, part_lis
     static const char *prefix[PREFIXES] = {"model.", "optim.m.", "optim.v."};
     float *base[PREFIXES] = {moe_model_param_data(m), mo->m, mo->v};
     for (int p = 0; p < PREFIXES; p++)
-        for (int i = 0; i < nt; i++)
-            if (t[i].is_expert ? mine_expert : mine_dense)
+        for (int i = 0; i < nt; i++) {
+            if (!(t[i].is_expert ? mine_expert : mine_dense))
+                continue;
+            if (sg->off[p * nt + i] == SIZE_MAX) {
                 MOE_TRY(add(l, par, cfg, prefix[p], &t[i], base[p] + t[i].offset));
+                continue;
+            }
+            moe_param_info full = t[i]; /* the uncut tensor */
+            memcpy(full.shape, full.cut.full_shape, sizeof full.shape);
+            full.numel = moe_param_full_numel(&t[i]);
+            MOE_TRY(add(l, par, cfg, prefix[p], &full, sg->buf + sg->off[p * nt + i]));
+        }
     if (nstate > 0 && mine_dense) {
         moe_param_info bias = {.name = "expert_bias", .ndim = 1, .shape = {(int64_t)nstate}, .numel = nstate};
         MOE_TRY(add(l, par, cfg, "state.", &bias, state));
@@ -387,11 +498,17 @@ moe_status moe_train_save(moe_trainer *tr, const moe_config *cfg, const char *ro
     uint8_t *index = NULL, *all = NULL;
     size_t len = 0, *lens = NULL, *displs = NULL;
     char tmp[TEXT_CAP] = "";
+    staging sg = {0};
     moe_status st = moments_get(tr, &mo);
     if (st == MOE_OK && moe_trainer_distopt(tr)) /* collective: every rank, before any can fail alone */
         st = moe_distopt_gather_moments(moe_trainer_distopt(tr), mo.m, mo.v);
     if (st == MOE_OK)
-        st = build(tr, &mo, 1, &l);
+        st = staging_init(tr, &sg);
+    float *base[PREFIXES] = {moe_model_param_data(moe_trainer_model(tr)), mo.m, mo.v};
+    if (st == MOE_OK) /* collective too */
+        st = staging_gather(tr, &sg, base);
+    if (st == MOE_OK)
+        st = build(tr, &mo, &sg, 1, &l);
     if (st == MOE_OK)
         st = moe_alloc((void **)&lens, sizeof *lens * (size_t)P, "checkpoint index sizes");
     if (st == MOE_OK)
@@ -427,6 +544,7 @@ done:
     moe_free(displs);
     list_free(&l);
     moments_free(&mo);
+    staging_free(&sg);
     return st;
 }
 
@@ -439,12 +557,17 @@ moe_status moe_train_load(moe_trainer *tr, const char *path, long *step, uint64_
     part_list l = {0};
     moments mo = {0};
     moe_ckpt_meta meta;
+    staging sg = {0};
     moe_status st = moments_get(tr, &mo);
     if (st == MOE_OK)
-        st = build(tr, &mo, 0, &l);
+        st = staging_init(tr, &sg);
+    if (st == MOE_OK)
+        st = build(tr, &mo, &sg, 0, &l);
     MOE_TRY_GOTO(all_ok(w, st), st, done);
     moe_ckpt_group g = {.rank = rank_of(w), .size = size_of(w), .agree = agree_cb, .ctx = w};
     MOE_TRY_GOTO(moe_ckpt_load_parts(path, &meta, l.p, l.n, w ? &g : NULL, loaded_dir, cap), st, done);
+    float *base[PREFIXES] = {moe_model_param_data(moe_trainer_model(tr)), mo.m, mo.v};
+    staging_scatter(tr, &sg, base);
     if (moe_trainer_distopt(tr))
         moe_distopt_load_moments(moe_trainer_distopt(tr), mo.m, mo.v);
     *step = meta.step;
@@ -453,5 +576,6 @@ moe_status moe_train_load(moe_trainer *tr, const char *path, long *step, uint64_
 done:
     list_free(&l);
     moments_free(&mo);
+    staging_free(&sg);
     return st;
 }

@@ -32,8 +32,11 @@ static moe_status distopt_init(moe_trainer *t)
     const moe_param_info *p = moe_model_params(t->model, &count);
     moe_distopt_tensor *dt = NULL;
     MOE_TRY(moe_alloc((void **)&dt, sizeof *dt * (size_t)count, "distributed optimizer table"));
-    for (int i = 0; i < count; i++)
-        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert};
+    int tp_rank = t->par.tp ? moe_comm_rank(t->par.tp) : 0;
+    for (int i = 0; i < count; i++) {
+        int tp_copy = !p[i].is_expert && p[i].cut.split_dim < 0 && tp_rank > 0;
+        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert, tp_copy};
+    }
     size_t n = moe_model_num_params(t->model);
     moe_status st = moe_distopt_create(&t->dopt, dt, count, n, t->par.dp_cp, t->par.edp, t->par.ep, 0);
     moe_free(dt);
@@ -64,14 +67,20 @@ moe_status moe_trainer_create_parallel(moe_trainer **out, const moe_config *cfg,
         t->par.ep = real_group(par->ep);
         t->par.edp = real_group(par->edp);
         t->par.tp_dp_cp = real_group(par->tp_dp_cp);
+        t->par.tp = real_group(par->tp);
+        t->par.cp = real_group(par->cp);
+        t->par.etp = real_group(par->etp);
+        t->par.tp_cp = real_group(par->tp_cp);
+        t->par.world = real_group(par->world);
     }
     MOE_TRY_GOTO(moe_config_validate(&t->cfg), st, fail);
     if (t->cfg.global_batch_size % (t->cfg.micro_batch_size * t->par.dp_size) != 0)
         MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "global-batch-size (%d) must be divisible by micro-batch-size x data-parallel size (%d x %d)",
                               t->cfg.global_batch_size, t->cfg.micro_batch_size, t->par.dp_size), st, fail);
-    moe_model_par mp = {t->par.ep, t->par.maps, t->par.dp_cp, t->par.edp};
+    moe_model_par mp = {t->par.ep, t->par.maps, t->par.dp_cp, t->par.edp, t->par.tp, t->par.cp, t->par.etp,
+                        t->par.tp_cp, t->par.tp_dp_cp, t->cfg.sequence_parallel};
     MOE_TRY_GOTO(moe_model_create_parallel(&t->model, &t->cfg, t->cfg.micro_batch_size, &mp), st, fail);
-    moe_model_init(t->model, t->cfg.seed);
+    MOE_TRY_GOTO(moe_model_init(t->model, t->cfg.seed), st, fail);
     if (t->cfg.use_distributed_optimizer && (t->par.dp_cp || t->par.edp))
         MOE_TRY_GOTO(distopt_init(t), st, fail);
     else {
@@ -107,12 +116,18 @@ static moe_status optimizer_step(moe_trainer *t, double lr, double *grad_norm)
 {
     const moe_config *c = &t->cfg;
     if (!t->dopt) {
-        MOE_TRY(moe_grad_norm_parallel(t->model, t->par.ep, grad_norm));
+        MOE_TRY(moe_grad_norm_parallel(t->model, t->par.world, grad_norm));
         moe_adamw_step(&t->opt, t->model, lr, moe_clip_scale(*grad_norm, c->clip_grad));
         return MOE_OK;
     }
+    MOE_TRY(moe_model_reduce_tp_partials(t->model));
     MOE_TRY(moe_distopt_reduce_grads(t->dopt, moe_model_grad_data(t->model)));
-    MOE_TRY(moe_distopt_grad_norm(t->dopt, grad_norm));
+    double sq[2];
+    moe_distopt_grad_squares(t->dopt, sq);
+    sq[0] += sq[1];
+    if (t->par.world) /* every other rank's shards and pieces are distinct */
+        MOE_TRY(moe_allreduce(t->par.world, sq, 1, MOE_DT_F64, MOE_OP_SUM));
+    *grad_norm = sqrt(sq[0]);
     /* the same float arguments as moe_adamw_step */
     moe_distopt_hparams h = {(float)lr, (float)c->adam_beta1, (float)c->adam_beta2, (float)c->adam_eps,
                              (float)c->weight_decay, (float)moe_clip_scale(*grad_norm, c->clip_grad),
@@ -143,8 +158,9 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
         sums[2] += st.z_loss;
     }
     MOE_TRY(moe_model_finish_grad_sync(t->model));
-    if (t->par.dp_cp)
-        MOE_TRY(moe_allreduce(t->par.dp_cp, sums, 3, MOE_DT_F64, MOE_OP_SUM));
+    /* each rank's share of the micro-batches it worked on (see moe_fwd_stats) */
+    if (t->par.world)
+        MOE_TRY(moe_allreduce(t->par.world, sums, 3, MOE_DT_F64, MOE_OP_SUM));
     memset(r, 0, sizeof *r);
     r->step = it + 1;
     r->loss = sums[0] / tokens;
@@ -174,8 +190,12 @@ moe_status moe_trainer_eval(moe_trainer *t, const int32_t *inputs, const int32_t
     }
     double im, dr;
     moe_model_take_load(t->model, &im, &dr); /* evaluation routing is not training load */
-    if (t->par.dp_cp)
-        MOE_TRY(moe_allreduce(t->par.dp_cp, sum, 2, MOE_DT_F64, MOE_OP_SUM));
+    if (t->par.world) { /* the loss counts once per micro-batch (tp rank 0 of each cp chunk) */
+        int tp0 = !t->par.tp || moe_comm_rank(t->par.tp) == 0;
+        int cp = t->par.cp ? moe_comm_size(t->par.cp) : 1;
+        sum[1] = tp0 ? sum[1] / cp : 0;
+        MOE_TRY(moe_allreduce(t->par.world, sum, 2, MOE_DT_F64, MOE_OP_SUM));
+    }
     *loss = sum[0] / sum[1];
     return MOE_OK;
 }

@@ -39,7 +39,8 @@ typedef struct {
     moe_comm *dp_cp;    /* non-expert gradients, loss sums */
     moe_comm *ep;       /* token all-to-all; expert part of the grad norm */
     moe_comm *edp;      /* expert gradients */
-    moe_comm *tp_dp_cp; /* expert-bias and load token counts */
+    moe_comm *tp_dp_cp; /* expert-bias and load token counts; router / norm gradients */
+    moe_comm *tp, *cp, *etp, *tp_cp; /* see moe_model_par */
     const moe_expert_map *maps; /* [MoE layers], see moe_model_par */
     int dp_rank, dp_size;
 } moe_trainer_par;

@@ -82,7 +82,8 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
     MOE_TRY(moe_layout_check_build(&w->layout));
     MOE_TRY(moe_config_check_build(cfg));
 
-    static const moe_group_kind used[] = {MOE_G_DP_CP, MOE_G_EP, MOE_G_EDP, MOE_G_TP_DP_CP};
+    static const moe_group_kind used[] = {MOE_G_DP_CP, MOE_G_EP, MOE_G_EDP, MOE_G_TP_DP_CP,
+                                          MOE_G_TP,    MOE_G_CP, MOE_G_ETP, MOE_G_TP_CP};
     for (size_t i = 0; i < sizeof used / sizeof *used; i++)
         MOE_TRY(make_group(w, used[i]));
     moe_coords c;
@@ -95,6 +96,10 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         .ep = w->groups[MOE_G_EP],
         .edp = w->groups[MOE_G_EDP],
         .tp_dp_cp = w->groups[MOE_G_TP_DP_CP],
+        .tp = w->groups[MOE_G_TP],
+        .cp = w->groups[MOE_G_CP],
+        .etp = w->groups[MOE_G_ETP],
+        .tp_cp = w->groups[MOE_G_TP_CP],
         .maps = w->maps,
         .dp_rank = c.dp,
         .dp_size = w->layout.dp,
@@ -110,7 +115,9 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         moe_error_clear();
     }
     if (w->rank == 0)
-        moe_info("layout: world %d = DP %d x EP %d (EDP %d); %d experts, %d per rank", w->size, w->layout.dp,
+        moe_info("layout: world %d; attention TP %d x CP %d x DP %d%s, experts ETP %d x EP %d x EDP %d; "
+                 "%d experts, %d per rank", w->size, w->layout.tp, w->layout.cp, w->layout.dp,
+                 cfg->sequence_parallel && w->layout.tp > 1 ? " (sequence parallel)" : "", w->layout.etp,
                  w->layout.ep, w->layout.edp, cfg->num_experts, w->maps[0].E_local);
     return MOE_OK;
 }

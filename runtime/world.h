@@ -5,9 +5,9 @@
 ** gives the rank tables, comm/ makes them communicators), builds the expert
 ** map, and binds the process to its cores.
 **
-** This build runs expert and data parallelism (EP x DP, with ETP = 1);
-** tensor, context and pipeline parallelism are refused with a clear message
-** until they land.
+** This build runs tensor (with sequence parallelism), context, expert
+** (with expert tensor parallelism) and data parallelism, folded; pipeline
+** parallelism is refused with a clear message until it lands.
 */
 #ifndef MOE_WORLD_H
 #define MOE_WORLD_H

@@ -14,6 +14,19 @@ moe_mpi_test(mpi_equiv_ep4_placement 4 mpi_equivalence --ep 4 --experts 8 --plac
 moe_mpi_test(mpi_equiv_dp2_distopt 2 mpi_equivalence --ep 1 --distopt)
 moe_mpi_test(mpi_equiv_ep2_distopt 2 mpi_equivalence --ep 2 --distopt)
 moe_mpi_test(mpi_equiv_ep2_dp2_distopt 4 mpi_equivalence --ep 2 --distopt)
+# Tensor (with and without sequence parallelism), context and expert-tensor
+# parallelism, folded with EP and DP; --ckpt round-trips a checkpoint through
+# one process and back, bit for bit.
+moe_mpi_test(mpi_equiv_tp2 2 mpi_equivalence --tp 2 --ckpt)
+moe_mpi_test(mpi_equiv_tp2_sp 2 mpi_equivalence --tp 2 --sp)
+moe_mpi_test(mpi_equiv_cp2 2 mpi_equivalence --cp 2 --ckpt)
+moe_mpi_test(mpi_equiv_tp2_ep2 4 mpi_equivalence --tp 2 --ep 2)
+moe_mpi_test(mpi_equiv_tp2_ep2_etp2 4 mpi_equivalence --tp 2 --ep 2 --etp 2)
+moe_mpi_test(mpi_equiv_tp2_sp_ep2_etp2 4 mpi_equivalence --tp 2 --sp --ep 2 --etp 2 --ckpt)
+moe_mpi_test(mpi_equiv_cp2_ep4 4 mpi_equivalence --cp 2 --ep 4)
+moe_mpi_test(mpi_equiv_tp2_cp2_ep4 4 mpi_equivalence --tp 2 --sp --cp 2 --ep 4 --ckpt)
+moe_mpi_test(mpi_equiv_tp2_cp2_ep2_distopt 4 mpi_equivalence --tp 2 --cp 2 --ep 2 --distopt --ckpt)
+moe_mpi_test(mpi_equiv_etp2_ep2 4 mpi_equivalence --etp 2 --ep 2)
 # parallel/distopt.h against a reference, and checkpoints across the flag
 # (tests/mpi/distopt.c), on 1 to 4 ranks ("ranks;ep").
 foreach(cfg "1;1" "2;1" "2;2" "3;1" "4;2")
@@ -26,7 +39,9 @@ endforeach()
 foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_ep4_8experts
           mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_ep2_placement mpi_equiv_ep4_placement
           mpi_equiv_dp2_distopt mpi_equiv_ep2_distopt
-          mpi_equiv_ep2_dp2_distopt mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
+          mpi_equiv_ep2_dp2_distopt mpi_equiv_tp2 mpi_equiv_tp2_sp mpi_equiv_cp2 mpi_equiv_tp2_ep2
+          mpi_equiv_tp2_ep2_etp2 mpi_equiv_tp2_sp_ep2_etp2 mpi_equiv_cp2_ep4 mpi_equiv_tp2_cp2_ep4
+          mpi_equiv_tp2_cp2_ep2_distopt mpi_equiv_etp2_ep2 mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
           mpi_distopt_np3_ep1 mpi_distopt_np4_ep2)
   set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")
 endforeach()

@@ -231,9 +231,10 @@ moe_status moe_layout_check_model(const moe_layout *l, int num_experts, int head
     if (l->cp > 1 && seq_length % (2 * l->cp) != 0)
         return moe_fail(MOE_ERR_USAGE, "sequence length %d is not divisible by 2 x context parallel "
                         "size = %d (2 x %d)", seq_length, 2 * l->cp, l->cp);
-    if (l->tp > 1 && num_experts > 0 && !sequence_parallel)
-        return moe_fail(MOE_ERR_USAGE, "an MoE model with tensor parallel size %d needs sequence "
-                        "parallelism (Megatron-Core refuses MoE with TP > 1 without it)", l->tp);
+    /* Megatron-Core refuses MoE with TP > 1 without sequence parallelism;
+    ** here the routed experts take each tp rank's 1/TP of the tokens either
+    ** way, so both run. */
+    (void)sequence_parallel;
     return MOE_OK;
 }
 
@@ -373,12 +374,7 @@ int moe_layout_group_of(const moe_layout *l, moe_group_kind k, int rank, int *me
 
 moe_status moe_layout_check_build(const moe_layout *l)
 {
-    if (l->tp > 1 || l->cp > 1 || l->pp > 1)
-        return moe_fail(MOE_ERR_USAGE,
-                        "tensor (%d), context (%d) and pipeline (%d) parallel sizes other than 1 are not supported "
-                        "by this build: use expert and data parallelism",
-                        l->tp, l->cp, l->pp);
-    if (l->etp > 1)
-        return moe_fail(MOE_ERR_USAGE, "expert-tensor-parallel-size %d: this build runs ETP = 1", l->etp);
+    if (l->pp > 1)
+        return moe_fail(MOE_ERR_USAGE, "pipeline parallel size %d: this build runs PP = 1", l->pp);
     return MOE_OK;
 }

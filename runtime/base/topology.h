@@ -57,16 +57,14 @@ moe_status moe_layout_init(moe_layout *l, int world, int tp, int cp, int pp, int
 
 /* Checks that a model fits the layout: num_experts % EP, heads % TP,
 ** query_groups % TP, num_layers % PP, seq_length % (2*CP) when CP > 1, and
-** sequence parallelism when TP > 1 in an MoE model (num_experts > 0).
 ** MOE_ERR_USAGE with a message naming the sizes otherwise. */
 moe_status moe_layout_check_model(const moe_layout *l, int num_experts, int heads, int query_groups, int num_layers, int seq_length, int sequence_parallel);
 
-/* rank in [0, world): its coordinates in both cuts. */
-/* What this build runs: expert and data parallelism (ETP = 1). Tensor,
-** context and pipeline sizes other than 1 are refused, naming them, by the
-** launcher and the workers alike. */
+/* What this build runs: every dimension but pipeline parallelism; PP > 1 is
+** refused, naming it, by the launcher and the workers alike. */
 moe_status moe_layout_check_build(const moe_layout *l);
 
+/* rank in [0, world): its coordinates in both cuts. */
 void moe_layout_coords(const moe_layout *l, int rank, moe_coords *c);
 
 /* "tp","cp","dp","dp-cp","tp-cp","tp-dp-cp","pp","ep","etp","tp-ep","edp"; "?" out of range. */

@@ -24,9 +24,12 @@ expect_output "no-such-data"
 expect_status 2 "$MOE" train "${R[@]}" --nproc 3 --expert-model-parallel-size 2
 expect_status 2 "$MOE" train --run-dir "$D/refused" --moe-overlap fine
 expect_output "moe-overlap"
-expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --tensor-model-parallel-size 2 --sequence-parallel \
+expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --pipeline-model-parallel-size 2 \
   --micro-batch-size 2
-expect_output "not supported by this build"
+expect_output "pipeline parallel size 2: this build runs PP = 1"
+expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --tensor-model-parallel-size 2 --context-parallel-size 2 \
+  --seq-length 30
+expect_output "seq-length (30) must be a multiple of 2 x context-parallel-size (4)"
 [ ! -e "$D/refused" ] || fail "a refused run started anyway ($D/refused exists)"
 expect_status 2 "$MOE" frobnicate
 expect_output "unknown command"

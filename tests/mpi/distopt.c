@@ -54,7 +54,7 @@ static void table_make(table *tb)
 {
     size_t off = 0;
     for (int i = 0; i < NT; i++) {
-        tb->t[i] = (moe_distopt_tensor){off, k_numel[i], k_decay[i], k_expert[i]};
+        tb->t[i] = (moe_distopt_tensor){off, k_numel[i], k_decay[i], k_expert[i], 0};
         off = (off + k_numel[i] + 15) / 16 * 16; /* 16-float aligned, gaps */
     }
     tb->n = off;

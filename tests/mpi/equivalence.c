@@ -37,6 +37,7 @@
 #include "runtime/world.h"
 
 static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute;
+static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt;
 static double g_capacity;
 static moe_comm *g_world;
 
@@ -63,6 +64,10 @@ static moe_config make_config(int world)
     c.lr_warmup_iters = 2;
     c.train_iters = g_steps;
     c.expert_model_parallel_size = g_ep;
+    c.tensor_model_parallel_size = g_tp;
+    c.sequence_parallel = g_sp;
+    c.context_parallel_size = g_cp;
+    c.expert_tensor_parallel_size = g_etp;
     c.nproc = world;
     snprintf(c.moe_layer_freq, sizeof c.moe_layer_freq, "%s", g_permute ? "[1,1]" : "[0,1]");
     return c;
@@ -118,19 +123,30 @@ static const moe_expert_map *layer_map(const moe_model *m, const moe_expert_map 
     return &maps[li];
 }
 
-/* Offset in the reference (all experts) of row `row` of parallel entry p. */
-static size_t ref_offset(moe_model *par, const moe_expert_map *maps, const moe_param_info *pp,
-                         const moe_param_info *pr, size_t j)
+/* The reference's values of parallel entry pp (reference entry pr, flat
+** values ref): its experts through the layer's map, then its tensor-parallel
+** piece. out gets pp->numel floats. */
+static void ref_local(moe_model *par, const moe_expert_map *maps, const moe_param_info *pp,
+                      const moe_param_info *pr, const float *ref, float *out)
 {
-    if (!pp->is_expert)
-        return pr->offset + j;
-    size_t per = pr->numel / (size_t)pr->shape[0];
-    int e = layer_map(par, maps, pp)->local_experts[j / per];
-    return pr->offset + (size_t)e * per + j % per;
+    size_t full = moe_param_full_numel(pp);
+    float *sel = malloc(full * sizeof(float));
+    ck_assert(sel);
+    if (pp->is_expert) {
+        size_t per = pr->numel / (size_t)pr->shape[0];
+        const moe_expert_map *map = layer_map(par, maps, pp);
+        for (int j = 0; j < (int)pp->cut.full_shape[0]; j++)
+            memcpy(sel + (size_t)j * per, ref + pr->offset + (size_t)map->local_experts[j] * per, per * sizeof(float));
+    } else {
+        ck_assert_int_eq((int)full, (int)pr->numel);
+        memcpy(sel, ref + pr->offset, full * sizeof(float));
+    }
+    moe_param_cut_extract(pp, pp->cut.part, sel, out);
+    free(sel);
 }
 
 /* Parallel flat-layout values (gradients, moments) against the reference's,
-** tensor by tensor; expert rows by global id through the layer's map. */
+** tensor by tensor (see ref_local). */
 static void compare_tensors(moe_model *par, const float *gp, moe_model *ref, const float *gr,
                             const moe_expert_map *maps, const char *what)
 {
@@ -138,13 +154,16 @@ static void compare_tensors(moe_model *par, const float *gp, moe_model *ref, con
     const moe_param_info *tp = moe_model_params(par, &np), *tr = moe_model_params(ref, &nr);
     ck_assert_int_eq(np, nr);
     for (int i = 0; i < np; i++) {
+        float *want = malloc(tp[i].numel * sizeof(float));
+        ck_assert(want);
+        ref_local(par, maps, &tp[i], &tr[i], gr, want);
         double num = 0, den = 0;
         for (size_t j = 0; j < tp[i].numel; j++) {
-            size_t r = ref_offset(par, maps, &tp[i], &tr[i], j);
-            double d = (double)gp[tp[i].offset + j] - gr[r];
+            double d = (double)gp[tp[i].offset + j] - want[j];
             num += d * d;
-            den += (double)gr[r] * gr[r];
+            den += (double)want[j] * want[j];
         }
+        free(want);
         double rel = den > 0 ? sqrt(num / den) : sqrt(num);
         ck_assert_msg(rel <= 1e-5, "%s %s differs: relative %.3e", what, tp[i].name, rel);
     }
@@ -260,18 +279,35 @@ static void assert_same_as_global(moe_trainer *t, const moe_expert_map *maps, mo
     const moe_param_info *tt = moe_model_params(mt, &nt), *tg = moe_model_params(mg, &ng);
     ck_assert_int_eq(nt, ng);
     const float *vt[3] = {moe_model_param_data(mt), moe_trainer_optimizer(t)->m, moe_trainer_optimizer(t)->v};
+    float *gm = NULL, *gv = NULL; /* the distributed optimizer's moments, gathered */
+    if (moe_trainer_distopt(t)) {
+        size_t n = moe_model_num_params(mt);
+        gm = calloc(n, sizeof(float));
+        gv = calloc(n, sizeof(float));
+        ck_assert(gm && gv);
+        ck_assert_msg(moe_distopt_gather_moments(moe_trainer_distopt(t), gm, gv) == MOE_OK, "%s", moe_errmsg());
+        vt[1] = gm;
+        vt[2] = gv;
+    }
     const float *vg[3] = {moe_model_param_data(mg), moe_trainer_optimizer(g)->m, moe_trainer_optimizer(g)->v};
     size_t nst, nsg;
     float *st = moe_model_state_data(mt, &nst), *sg = moe_model_state_data(mg, &nsg);
     ck_assert_int_eq((int)nst, (int)nsg);
     ck_assert_msg(memcmp(st, sg, nst * sizeof(float)) == 0, "%s: expert bias differs", what);
     for (int k = 0; k < 3; k++)
-        for (int i = 0; i < nt; i++)
+        for (int i = 0; i < nt; i++) {
+            float *want = malloc(tt[i].numel * sizeof(float));
+            ck_assert(want);
+            ref_local(mt, maps, &tt[i], &tg[i], vg[k], want);
             for (size_t j = 0; j < tt[i].numel; j++) {
-                float a = vt[k][tt[i].offset + j], b = vg[k][ref_offset(mt, maps, &tt[i], &tg[i], j)];
+                float a = vt[k][tt[i].offset + j], b = want[j];
                 ck_assert_msg(memcmp(&a, &b, sizeof a) == 0, "%s: %s%s[%zu] %.9g vs %.9g", what,
                               k == 0 ? "" : k == 1 ? "m of " : "v of ", tt[i].name, j, a, b);
             }
+            free(want);
+        }
+    free(gm);
+    free(gv);
 }
 
 static void load_or_fail(moe_trainer *t, const char *dir)
@@ -307,7 +343,7 @@ static void checkpoints_cross_placement(moe_trainer *par, moe_world *w, const mo
     assert_same_as_global(contig, w2.maps, whole, "plan checkpoint loaded without the plan");
 
     /* and back: saved contiguous, loaded under the plan */
-    moe_model_init(moe_trainer_model(par), 12345); /* something else first, so the load must overwrite it */
+    ck_assert(moe_model_init(moe_trainer_model(par), 12345) == MOE_OK); /* something else first, so the load must overwrite it */
     ck_assert_msg(moe_train_save(contig, &plain, d2, g_steps, 0) == MOE_OK, "save contiguous: %s", moe_errmsg());
     load_or_fail(par, d2);
     assert_same_as_global(par, w->maps, whole, "contiguous checkpoint loaded under the plan");
@@ -321,6 +357,35 @@ static void checkpoints_cross_placement(moe_trainer *par, moe_world *w, const mo
         snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", d1, d2);
         ck_assert(system(cmd) == 0);
         printf("checkpoints cross placements: plan -> contiguous -> plan, and one process, bit-identical\n");
+    }
+}
+
+/* --ckpt: the parallel run's checkpoint loads into one process with every
+** parameter and moment equal bit for bit; the one process's checkpoint loads
+** back into the parallel layout, equal again. */
+static void checkpoints_round_trip(moe_trainer *par, moe_world *w, const moe_config *cfg, const moe_config *single)
+{
+    char d1[256], d2[256], cmd[600];
+    shared_path("ckpt_par", d1, sizeof d1);
+    shared_path("ckpt_one", d2, sizeof d2);
+    ck_assert_msg(moe_train_save(par, cfg, d1, g_steps, 0) == MOE_OK, "save: %s", moe_errmsg());
+    moe_trainer *whole = NULL;
+    ck_assert_msg(moe_trainer_create(&whole, single) == MOE_OK, "%s", moe_errmsg());
+    load_or_fail(whole, d1);
+    assert_same_as_global(par, w->maps, whole, "parallel checkpoint loaded by one process");
+    int32_t sync = 0;
+    if (moe_comm_rank(g_world) == 0) /* one writer: the others must not race it */
+        ck_assert_msg(moe_train_save(whole, single, d2, g_steps, 0) == MOE_OK, "save: %s", moe_errmsg());
+    ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+    ck_assert(moe_model_init(moe_trainer_model(par), 12345) == MOE_OK);
+    load_or_fail(par, d2);
+    assert_same_as_global(par, w->maps, whole, "one-process checkpoint loaded by the parallel layout");
+    moe_trainer_free(whole);
+    ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
+    if (moe_comm_rank(g_world) == 0) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", d1, d2);
+        ck_assert(system(cmd) == 0);
+        printf("checkpoints: parallel -> one process -> parallel, bit-identical\n");
     }
 }
 
@@ -342,6 +407,8 @@ START_TEST(parallel_matches_single_rank)
     ck_assert_msg(st == MOE_OK, "world setup: %s", moe_errmsg());
     moe_config single = make_config(1);
     single.expert_model_parallel_size = 1;
+    single.tensor_model_parallel_size = single.context_parallel_size = single.expert_tensor_parallel_size = 1;
+    single.sequence_parallel = 0;
     ck_assert_int_eq(moe_config_validate(&single), MOE_OK);
 
     moe_trainer *par = NULL, *ref = NULL;
@@ -379,9 +446,12 @@ START_TEST(parallel_matches_single_rank)
             ck_assert(rr.load_imbalance >= 2.0 - 1e-9); /* half the experts carry everything */
     }
     if (moe_comm_rank(g_world) == 0)
-        printf("W=%d EP=%d DP=%d experts=%d%s%s: %d steps match the single-rank run\n", W, w.layout.ep,
-               w.layout.dp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "",
+        printf("W=%d TP=%d%s CP=%d DP=%d | ETP=%d EP=%d EDP=%d, experts=%d%s%s: %d steps match the single-rank run\n",
+               W, w.layout.tp, g_sp ? " (SP)" : "", w.layout.cp, w.layout.dp, w.layout.etp, w.layout.ep,
+               w.layout.edp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "",
                g_permute ? " (permuted placement plan)" : "", g_steps);
+    if (g_ckpt)
+        checkpoints_round_trip(par, &w, &cfg, &single);
     if (g_permute) {
         checkpoints_cross_placement(par, &w, &cfg, &single);
         int32_t sync = 0;
@@ -407,6 +477,11 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--experts") == 0 && i + 1 < argc) g_experts = atoi(argv[++i]);
         else if (strcmp(argv[i], "--capacity") == 0 && i + 1 < argc) g_capacity = atof(argv[++i]);
         else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) g_steps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--tp") == 0 && i + 1 < argc) g_tp = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--cp") == 0 && i + 1 < argc) g_cp = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--etp") == 0 && i + 1 < argc) g_etp = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--sp") == 0) g_sp = 1;
+        else if (strcmp(argv[i], "--ckpt") == 0) g_ckpt = 1;
         else if (strcmp(argv[i], "--starve") == 0) g_starve = 1;
         else if (strcmp(argv[i], "--distopt") == 0) g_distopt = 1;
         else if (strcmp(argv[i], "--placement-permute") == 0) g_permute = 1;

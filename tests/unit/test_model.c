@@ -45,7 +45,7 @@ static moe_model *build(const moe_config *c, int maxB)
     moe_model *m = NULL;
     moe_status st = moe_model_create(&m, c, maxB);
     ck_assert_msg(st == MOE_OK, "create: %s", moe_errmsg());
-    moe_model_init(m, 42);
+    ck_assert(moe_model_init(m, 42) == MOE_OK);
     return m;
 }
 

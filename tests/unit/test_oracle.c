@@ -195,7 +195,7 @@ static void run_case(const char *tag, const kv *keys, int max_batch, int B, uint
     build_config(&cfg, keys);
     moe_model *m = NULL;
     ck_assert_msg(moe_model_create(&m, &cfg, max_batch) == MOE_OK, "create: %s", moe_errmsg());
-    moe_model_init(m, seed);
+    ck_assert(moe_model_init(m, seed) == MOE_OK);
     if (tie_b > 0)
         tie_router_rows(m, tie_b - 1, tie_b);
 
