@@ -137,7 +137,6 @@ static moe_status check_layout(const moe_config *c)
                             c->expert_tensor_parallel_size, NULL));
     MOE_TRY(moe_layout_check_model(&l, c->num_experts, c->num_attention_heads, c->num_query_groups,
                                    c->num_layers, c->seq_length, c->sequence_parallel));
-    MOE_TRY(moe_layout_check_build(&l));
     MOE_TRY(moe_config_check_build(c));
     if (c->expert_placement[0]) {
         int moe_layers = 0;

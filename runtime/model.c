@@ -54,7 +54,9 @@ static void add_param(moe_model *m, const char *name, int ndim, const int64_t *f
         p->grad = grad;
         p->cut = c;
         int replicated_over_tp = !is_expert && c.split_dim < 0;
-        p->canonical = is_expert ? m->canonical_expert : m->canonical_dense && (!replicated_over_tp || m->tp_rank == 0);
+        p->pp_copy = m->ntable == m->emb_copy;
+        p->canonical = !p->pp_copy &&
+                       (is_expert ? m->canonical_expert : m->canonical_dense && (!replicated_over_tp || m->tp_rank == 0));
     }
     m->ntable++;
     /* keep every tensor 64-byte aligned inside the flat buffer */
@@ -68,10 +70,14 @@ static void build_table(moe_model *m)
     char n[MOE_PARAM_NAME_MAX];
     int tp = m->TPn, r = m->tp_rank;
     moe_grad_kind norm_grad = m->sp && tp > 1 ? MOE_GRAD_TP_DP : MOE_GRAD_DP;
+    moe_param_cut vocab = cut_of(0, tp, r, 1, m->V, 0, 0);
+    int tied = !m->cfg.untie_embeddings_and_output_weights;
     m->ntable = 0;
     m->nparams = 0;
-    add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 1, m->V, 0, 0));
-    for (int l = 0; l < m->L; l++) {
+    m->emb_copy = -1;
+    if (m->first_stage)
+        add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
+    for (int l = m->l0; l < m->l1; l++) {
         if (m->layer_first)
             m->layer_first[l] = m->ntable;
 #define P(suffix, nd, shape, decay, expert, grad, cut)                         \
@@ -100,9 +106,16 @@ static void build_table(moe_model *m)
         if (m->layer_count)
             m->layer_count[l] = m->ntable - m->layer_first[l];
     }
+    m->head_first = m->ntable;
+    if (!m->last_stage)
+        return;
     add_param(m, "final_norm.weight", 1, SHAPE(m->C), 0, 0, norm_grad, whole());
-    if (m->cfg.untie_embeddings_and_output_weights)
-        add_param(m, "lm_head.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 1, m->V, 0, 0));
+    if (!tied)
+        add_param(m, "lm_head.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
+    else if (!m->first_stage) { /* the tied embedding's copy */
+        m->emb_copy = m->ntable;
+        add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
+    }
 }
 
 /* Points a layer's pointer set at the tensors of `base` (params or grads),
@@ -112,8 +125,10 @@ static void point_tensors(moe_model *m, float *base, moe_layer_ptrs *lp, float *
 {
     const moe_param_info *t = m->table;
     int i = 0;
-    *wte = base + t[i++].offset;
-    for (int l = 0; l < m->L; l++) {
+    *wte = *final_norm = *lm_head = NULL;
+    if (m->first_stage)
+        *wte = base + t[i++].offset;
+    for (int l = m->l0; l < m->l1; l++) {
         moe_layer_ptrs *p = &lp[l];
         memset(p, 0, sizeof *p);
         p->attn_norm = base + t[i++].offset;
@@ -133,24 +148,28 @@ static void point_tensors(moe_model *m, float *base, moe_layer_ptrs *lp, float *
             p->mlp_w2 = base + t[i++].offset;
         }
     }
+    if (!m->last_stage)
+        return;
     *final_norm = base + t[i++].offset;
-    *lm_head = m->cfg.untie_embeddings_and_output_weights ? base + t[i++].offset : *wte;
+    *lm_head = i < m->ntable ? base + t[i++].offset : *wte; /* untied, or the tied copy */
 }
 
 /* ------------------------------------------------------------------------- */
 /* activations: one arena, sized by a measuring pass over the same code      */
 
-static moe_status carve_acts(moe_model *m, moe_arena *a)
+#define F32(ptr, count) MOE_TRY(moe_arena_floats(a, (count), &(ptr), #ptr))
+#define I32(ptr, count) MOE_TRY(moe_arena_bytes(a, (count) * sizeof(int32_t), (void **)&(ptr), #ptr))
+
+/* What one micro-batch in flight keeps (moe_mb_state). */
+static moe_status carve_slot(moe_model *m, moe_arena *a, moe_mb_state *mb)
 {
     size_t Ncp = (size_t)m->maxB * m->Tl, Nres = m->sp ? Ncp / m->TPn : Ncp;
-    size_t Ng = Ncp / m->TPn * m->ETPn, Nmax = Ng > Ncp ? Ng : Ncp;
+    size_t Ng = Ncp / m->TPn * m->ETPn;
     size_t C = m->C, R = (size_t)m->capacity_rows, E = m->E, K = m->K;
     size_t QKVl = m->QKVl, Ya = (size_t)m->NHl * m->HD, heads = (size_t)m->maxB * m->NHl * m->Tl;
     int ring = m->CPn > 1;
-#define F32(ptr, count) MOE_TRY(moe_arena_floats(a, (count), &(ptr), #ptr))
-#define I32(ptr, count) MOE_TRY(moe_arena_bytes(a, (count) * sizeof(int32_t), (void **)&(ptr), #ptr))
-    for (int l = 0; l < m->L; l++) {
-        moe_layer_acts *s = &m->acts[l];
+    for (int l = m->l0; l < m->l1; l++) {
+        moe_layer_acts *s = &mb->acts[l];
         F32(s->x_in, Nres * C);
         F32(s->h1, Ncp * C);
         F32(s->rstd1, Nres);
@@ -193,15 +212,29 @@ static moe_status carve_acts(moe_model *m, moe_arena *a)
             F32(s->mact, Ncp * m->Fdl);
         }
     }
-    F32(m->x_final, Nres * C);
-    F32(m->hf, Ncp * C);
-    F32(m->rstdf, Nres);
-    F32(m->logits, Ncp * m->Vl);
-    F32(m->probs, Ncp * m->Vl);
-    F32(m->losses, Ncp);
+    F32(mb->x_final, Nres * C);
+    I32(mb->tokens, Ncp);
+    if (m->last_stage) {
+        F32(mb->hf, Ncp * C);
+        F32(mb->rstdf, Nres);
+        F32(mb->logits, Ncp * m->Vl);
+        F32(mb->probs, Ncp * m->Vl);
+        F32(mb->losses, Ncp);
+        I32(mb->targets, Ncp);
+    }
+    return MOE_OK;
+}
+
+static moe_status carve_acts(moe_model *m, moe_arena *a)
+{
+    size_t Ncp = (size_t)m->maxB * m->Tl, Nres = m->sp ? Ncp / m->TPn : Ncp;
+    size_t Ng = Ncp / m->TPn * m->ETPn, Nmax = Ng > Ncp ? Ng : Ncp;
+    size_t C = m->C, R = (size_t)m->capacity_rows, E = m->E, K = m->K;
+    size_t QKVl = m->QKVl, Ya = (size_t)m->NHl * m->HD, heads = (size_t)m->maxB * m->NHl * m->Tl;
+    int ring = m->CPn > 1;
+    for (int k = 0; k < m->nslots; k++)
+        MOE_TRY(carve_slot(m, a, &m->mb[k]));
     F32(m->ce_stat, 3 * Ncp);
-    I32(m->tokens, Ncp);
-    I32(m->targets, Ncp);
     I32(m->pos, (size_t)m->Tl);
     F32(m->rope_cos, (size_t)m->Tl * m->HD / 2);
     F32(m->rope_sin, (size_t)m->Tl * m->HD / 2);
@@ -243,10 +276,10 @@ static moe_status carve_acts(moe_model *m, moe_arena *a)
         F32(m->ring_D, heads);
         F32(m->ring_acc, Ncp * Ya);
     }
-#undef F32
-#undef I32
     return MOE_OK;
 }
+#undef F32
+#undef I32
 
 /* ------------------------------------------------------------------------- */
 
@@ -307,6 +340,16 @@ static moe_status set_dims(moe_model *m, int max_batch)
     m->Fl = m->F / m->ETPn;
     m->Fsl = m->Fs / tp;
     m->Fdl = m->Fd / tp;
+    m->PPn = p->pp_size > 1 ? p->pp_size : 1;
+    m->pp_rank = m->PPn > 1 ? p->pp_rank : 0;
+    if (m->L % m->PPn || m->pp_rank < 0 || m->pp_rank >= m->PPn)
+        return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by the pipeline-parallel size (%d)", m->L,
+                        m->PPn);
+    m->l0 = m->L / m->PPn * m->pp_rank;
+    m->l1 = m->l0 + m->L / m->PPn;
+    m->first_stage = m->pp_rank == 0;
+    m->last_stage = m->pp_rank == m->PPn - 1;
+    m->nslots = p->slots > 1 ? p->slots : 1;
     m->v0 = (int)((int64_t)m->V * m->tp_rank / tp);
     m->Vl = (int)((int64_t)m->V * (m->tp_rank + 1) / tp) - m->v0;
     return MOE_OK;
@@ -378,9 +421,14 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
 
     MOE_TRY_GOTO(moe_alloc((void **)&m->layer_first, sizeof(int) * m->L, "layer table"), st, fail);
     MOE_TRY_GOTO(moe_alloc((void **)&m->layer_count, sizeof(int) * m->L, "layer table"), st, fail);
-    if (m->par.ep)
-        MOE_TRY_GOTO(moe_alloc((void **)&m->ep_layers, sizeof *m->ep_layers * (size_t)m->n_moe, "ep layers"),
-                     st, fail);
+    MOE_TRY_GOTO(moe_alloc((void **)&m->mb, sizeof *m->mb * (size_t)m->nslots, "micro-batch states"), st, fail);
+    for (int k = 0; k < m->nslots; k++) {
+        MOE_TRY_GOTO(moe_alloc((void **)&m->mb[k].acts, sizeof *m->acts * (size_t)m->L, "activation table"), st,
+                     fail);
+        if (m->par.ep && m->n_moe)
+            MOE_TRY_GOTO(moe_alloc((void **)&m->mb[k].ep_layers, sizeof *m->ep_layers * (size_t)m->n_moe,
+                                   "ep layers"), st, fail);
+    }
     build_table(m); /* counting pass */
     int count = m->ntable;
     MOE_TRY_GOTO(moe_alloc((void **)&m->table, sizeof *m->table * (size_t)count, "parameter table"), st, fail);
@@ -396,12 +444,12 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     MOE_TRY_GOTO(moe_alloc((void **)&m->expert_bias, nstate * sizeof(float), "expert bias"), st, fail);
     MOE_TRY_GOTO(moe_alloc((void **)&m->load_counts, nstate * sizeof(double), "load counts"), st, fail);
 
-    MOE_TRY_GOTO(moe_alloc((void **)&m->acts, sizeof *m->acts * (size_t)m->L, "activation table"), st, fail);
     moe_arena_init_measure(&m->arena);
     MOE_TRY_GOTO(carve_acts(m, &m->arena), st, fail);
     MOE_TRY_GOTO(moe_arena_init(&m->arena, m->arena.peak), st, fail);
     MOE_TRY_GOTO(carve_acts(m, &m->arena), st, fail);
     MOE_TRY_GOTO(rope_at_positions(m), st, fail);
+    MOE_TRY_GOTO(moe_model_set_slot(m, 0), st, fail);
     *out = m;
     return MOE_OK;
 fail:
@@ -414,14 +462,17 @@ void moe_model_free(moe_model *m)
     if (!m)
         return;
     moe_arena_free(&m->arena);
-    for (int i = 0; m->ep_layers && i < m->n_moe; i++)
-        moe_ep_layer_free(&m->ep_layers[i]);
-    moe_free(m->ep_layers);
+    for (int k = 0; m->mb && k < m->nslots; k++) {
+        for (int i = 0; m->mb[k].ep_layers && i < m->n_moe; i++)
+            moe_ep_layer_free(&m->mb[k].ep_layers[i]);
+        moe_free(m->mb[k].ep_layers);
+        moe_free(m->mb[k].acts);
+    }
+    moe_free(m->mb);
     moe_free(m->layer_first);
     moe_free(m->layer_count);
     moe_free(m->trace_load);
     moe_free(m->trace_trans);
-    moe_free(m->acts);
     moe_free(m->expert_bias);
     moe_free(m->load_counts);
     moe_free(m->lp);
@@ -461,7 +512,7 @@ static const moe_expert_map *entry_map(const moe_model *m, int i)
 {
     if (!m->par.ep)
         return NULL;
-    for (int l = 0; l < m->L; l++)
+    for (int l = m->l0; l < m->l1; l++)
         if (i >= m->layer_first[l] && i < m->layer_first[l] + m->layer_count[l] && m->moe_index[l] >= 0)
             return &m->par.maps[m->moe_index[l]];
     return NULL;
@@ -657,4 +708,40 @@ void moe_model_take_trace(moe_model *m, double *load, double *transitions)
     memset(m->trace_load, 0, nl * sizeof(double));
     if (nt)
         memset(m->trace_trans, 0, nt * sizeof(double));
+}
+
+moe_status moe_model_set_slot(moe_model *m, int slot)
+{
+    if (slot < 0 || slot >= m->nslots)
+        return moe_fail(MOE_ERR_INTERNAL, "micro-batch slot %d of %d", slot, m->nslots);
+    const moe_mb_state *b = &m->mb[slot];
+    m->slot = slot;
+    m->acts = b->acts;
+    m->ep_layers = b->ep_layers;
+    m->tokens = b->tokens;
+    m->targets = b->targets;
+    m->x_final = b->x_final;
+    m->hf = b->hf;
+    m->rstdf = b->rstdf;
+    m->logits = b->logits;
+    m->probs = b->probs;
+    m->losses = b->losses;
+    return MOE_OK;
+}
+
+float *moe_model_pp_input(moe_model *m) { return m->acts[m->l0].x_in; }
+const float *moe_model_pp_output(moe_model *m) { return m->x_final; }
+float *moe_model_pp_grad(moe_model *m) { return m->dres; }
+
+size_t moe_model_pp_numel(const moe_model *m, int B)
+{
+    size_t ncp = (size_t)B * m->Tl;
+    return (m->sp ? ncp / m->TPn : ncp) * m->C;
+}
+
+float *moe_model_emb_grad(moe_model *m, size_t *n)
+{
+    int i = m->emb_copy >= 0 ? m->emb_copy : (m->PPn > 1 && m->first_stage && !m->cfg.untie_embeddings_and_output_weights ? 0 : -1);
+    *n = i >= 0 ? m->table[i].numel : 0;
+    return i >= 0 ? m->grads + m->table[i].offset : NULL;
 }

@@ -84,6 +84,7 @@ typedef struct {
     int is_expert; /* routed-expert weight: reduces over EDP, sharded by EP */
     moe_grad_kind grad;
     moe_param_cut cut;
+    int pp_copy;   /* the last pipeline stage's copy of a tied embedding: not saved */
     int canonical; /* this rank's copy is the one counted in the grad norm and
                       written to checkpoints (one per set of identical copies:
                       data-parallel replicas, tensor-parallel replicas, the
@@ -136,6 +137,8 @@ typedef struct {
     moe_comm *tp_cp;    /* the ranks sharing one micro-batch: aux-loss counts */
     moe_comm *tp_dp_cp; /* MOE_GRAD_TP_DP gradients */
     int sequence_parallel;
+    int pp_rank, pp_size; /* this rank's pipeline stage (0, 1: no pipeline) */
+    int slots;            /* micro-batches in flight at once (0 or 1: one) */
 } moe_model_par;
 
 /* Validates dims, builds the table, allocates params, grads and activations
@@ -209,6 +212,27 @@ void moe_param_cut_insert(const moe_param_info *p, int part, const float *local,
 /* Floats of the full tensor, and of piece `part` of it. */
 size_t moe_param_full_numel(const moe_param_info *p);
 size_t moe_param_piece_numel(const moe_param_info *p, int part);
+
+/*
+** Pipeline parallelism: stage s of P holds layers [s*L/P, (s+1)*L/P); the
+** first stage also the embedding, the last the final norm and LM head (with
+** tied embeddings a copy of the embedding, initialised alike, whose gradient
+** the caller sums with the first stage's: moe_model_emb_grad). Several
+** micro-batches can be in flight: each forward and its backward run on the
+** slot chosen by moe_model_set_slot. A stage that is not the first takes its
+** input in moe_model_pp_input before forward; one that is not the last puts
+** d(output) in moe_model_pp_grad before backward. After backward,
+** moe_model_pp_grad holds d(input) for the previous stage. Each message is
+** moe_model_pp_numel floats (this rank's residual rows x hidden size).
+*/
+moe_status moe_model_set_slot(moe_model *m, int slot);
+float *moe_model_pp_input(moe_model *m);
+const float *moe_model_pp_output(moe_model *m);
+float *moe_model_pp_grad(moe_model *m);
+size_t moe_model_pp_numel(const moe_model *m, int B);
+/* The gradient of the tied embedding on the first or last stage (NULL
+** elsewhere, or when untied, or without pipeline), and its float count. */
+float *moe_model_emb_grad(moe_model *m, size_t *n);
 
 /* The table and buffers. */
 const moe_param_info *moe_model_params(const moe_model *m, int *count);

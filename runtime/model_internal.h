@@ -46,6 +46,15 @@ typedef struct {
 
 #define MOE_MAX_SYNC_REQS 1024
 
+/* What one micro-batch in flight keeps from its forward until its backward
+** (pipeline parallelism keeps several; moe_model_set_slot picks one). */
+typedef struct {
+    moe_layer_acts *acts;    /* [L]; this stage's [l0, l1) are carved */
+    moe_ep_layer *ep_layers; /* [n_moe] with ep */
+    int32_t *tokens, *targets;
+    float *x_final, *hf, *rstdf, *logits, *probs, *losses;
+} moe_mb_state;
+
 struct moe_model {
     moe_config cfg;
     moe_model_par par;  /* groups of size 1 are NULL */
@@ -65,6 +74,11 @@ struct moe_model {
     int L, C, NH, NKV, HD, QKV, V, E, K, F, Fs, Fd, T, maxB;
     /* parallel sizes and this rank's coordinates */
     int TPn, tp_rank, CPn, cp_rank, ETPn, etp_rank, sp;
+    int PPn, pp_rank, l0, l1, first_stage, last_stage; /* this stage holds layers [l0, l1) */
+    int nslots, slot;     /* micro-batch states, the current one */
+    moe_mb_state *mb;     /* [nslots] */
+    int head_first;       /* table entries [head_first, ntable) follow the layers */
+    int emb_copy;         /* table entry of the last stage's copy of a tied embedding, -1 if none */
     int canonical_dense;  /* dp_cp rank 0: its non-expert tensors are the ones that count */
     int canonical_expert; /* edp rank 0 */
     /* this rank's share of the dimensions */

@@ -120,18 +120,22 @@ moe_status moe_model_forward(moe_model *m, const int32_t *inputs, const int32_t 
     memset(st, 0, sizeof *st);
     m->prev_moe_layer = -1;
     take_positions(m, inputs, m->tokens);
-    if (targets)
+    int with_loss = targets && m->last_stage;
+    if (with_loss)
         take_positions(m, targets, m->targets);
 
-    MOE_TRY(embed_forward(m));
-    for (int l = 0; l < m->L; l++) {
-        float *out = l + 1 < m->L ? m->acts[l + 1].x_in : m->x_final;
+    if (m->first_stage)
+        MOE_TRY(embed_forward(m));
+    for (int l = m->l0; l < m->l1; l++) {
+        float *out = l + 1 < m->l1 ? m->acts[l + 1].x_in : m->x_final;
         MOE_TRY(moe_attn_forward(m, l));
         MOE_TRY(moe_ffn_forward(m, l, out, st));
     }
+    if (!m->last_stage)
+        return MOE_OK;
     double lm;
-    MOE_TRY(head_forward(m, targets != NULL, &lm));
-    if (targets && m->tp_rank == 0) {
+    MOE_TRY(head_forward(m, with_loss, &lm));
+    if (with_loss && m->tp_rank == 0) {
         st->lm_loss_sum = lm;
         st->tokens = m->Ncp;
     }
@@ -142,16 +146,18 @@ moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale)
 {
     if (m->B == 0)
         return moe_fail(MOE_ERR_INTERNAL, "backward without a forward");
-    MOE_TRY(head_backward(m, lm_scale));
-    int tail = m->cfg.untie_embeddings_and_output_weights ? 2 : 1; /* final norm [, lm head] */
-    if (m->sync_on)
-        MOE_TRY(moe_model_sync_tensors(m, m->ntable - tail, tail));
-    for (int l = m->L - 1; l >= 0; l--) {
+    if (m->last_stage) /* else the caller put d(output) in dres */
+        MOE_TRY(head_backward(m, lm_scale));
+    if (m->sync_on && m->ntable > m->head_first)
+        MOE_TRY(moe_model_sync_tensors(m, m->head_first, m->ntable - m->head_first));
+    for (int l = m->l1 - 1; l >= m->l0; l--) {
         MOE_TRY(moe_ffn_backward(m, l, aux_scale));
         MOE_TRY(moe_attn_backward(m, l));
         if (m->sync_on)
             MOE_TRY(moe_model_sync_tensors(m, m->layer_first[l], m->layer_count[l]));
     }
+    if (!m->first_stage)
+        return MOE_OK;
     MOE_TRY(embed_backward(m));
     if (m->sync_on)
         MOE_TRY(moe_model_sync_tensors(m, 0, 1));

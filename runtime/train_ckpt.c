@@ -82,6 +82,13 @@ static int verdict(moe_comm *w, int code, char *msg, size_t cap)
 
 static int agree_cb(void *ctx, int code, char *msg, size_t cap) { return verdict(ctx, code, msg, cap); }
 
+/* Pipeline stages load different tensors: a tensor is asked for when any
+** rank asks for it. */
+static int any_cb(void *ctx, int32_t *flags, int n)
+{
+    return moe_allreduce(ctx, flags, (size_t)n, MOE_DT_I32, MOE_OP_MAX) == MOE_OK ? 0 : -1;
+}
+
 /* st on this rank, st' on every other: all fail when any does, with the
 ** failing rank's message. */
 static moe_status all_ok(moe_comm *w, moe_status st)
@@ -342,13 +349,18 @@ static void staging_scatter(moe_trainer *tr, const staging *s, float *const base
                 moe_param_cut_extract(&t[i], t[i].cut.part, s->buf + s->off[p * nt + i], base[p] + t[i].offset);
 }
 
-/* Does this rank write the expert tensors' rows it holds? One rank per ep
-** rank does (edp rank 0); without expert parallelism, world rank 0. */
+/* Does this rank write the expert tensors' rows it holds? Of the ranks
+** holding the same rows (its edp and etp groups) the first does. */
 static int owns_experts(const moe_trainer_par *par)
 {
-    if (!par->ep || moe_comm_size(par->ep) == 1)
-        return !par->world || moe_comm_rank(par->world) == 0;
     return (!par->edp || moe_comm_rank(par->edp) == 0) && (!par->etp || moe_comm_rank(par->etp) == 0);
+}
+
+/* Does this rank write its pipeline stage's non-expert tensors? The first
+** of their data- and tensor-parallel copies does. */
+static int owns_dense(const moe_trainer_par *par)
+{
+    return (!par->dp_cp || moe_comm_rank(par->dp_cp) == 0) && (!par->tp || moe_comm_rank(par->tp) == 0);
 }
 
 /* saving: only what this rank writes; loading: every tensor, this rank's rows
@@ -368,8 +380,9 @@ static moe_status build(moe_trainer *tr, const moments *mo, const staging *sg, i
         MOE_TRY(parts_of(par, cfg, &t[i], &k));
         cap += PREFIXES * k;
     }
-    int mine_dense = !saving || !par->world || moe_comm_rank(par->world) == 0;
+    int mine_dense = !saving || owns_dense(par);
     int mine_expert = !saving || owns_experts(par);
+    int mine_state = !saving || !par->world || moe_comm_rank(par->world) == 0;
     memset(l, 0, sizeof *l);
     MOE_TRY(moe_alloc((void **)&l->p, sizeof *l->p * (size_t)cap, "checkpoint tensor list"));
     MOE_TRY(moe_alloc((void **)&l->names, (size_t)cap * NAME_MAX_LEN, "checkpoint tensor names"));
@@ -377,7 +390,7 @@ static moe_status build(moe_trainer *tr, const moments *mo, const staging *sg, i
     float *base[PREFIXES] = {moe_model_param_data(m), mo->m, mo->v};
     for (int p = 0; p < PREFIXES; p++)
         for (int i = 0; i < nt; i++) {
-            if (!(t[i].is_expert ? mine_expert : mine_dense))
+            if (!(t[i].is_expert ? mine_expert : mine_dense) || (saving && t[i].pp_copy))
                 continue;
             if (sg->off[p * nt + i] == SIZE_MAX) {
                 MOE_TRY(add(l, par, cfg, prefix[p], &t[i], base[p] + t[i].offset));
@@ -388,7 +401,7 @@ static moe_status build(moe_trainer *tr, const moments *mo, const staging *sg, i
             full.numel = moe_param_full_numel(&t[i]);
             MOE_TRY(add(l, par, cfg, prefix[p], &full, sg->buf + sg->off[p * nt + i]));
         }
-    if (nstate > 0 && mine_dense) {
+    if (nstate > 0 && mine_state) {
         moe_param_info bias = {.name = "expert_bias", .ndim = 1, .shape = {(int64_t)nstate}, .numel = nstate};
         MOE_TRY(add(l, par, cfg, "state.", &bias, state));
     }
@@ -564,7 +577,7 @@ moe_status moe_train_load(moe_trainer *tr, const char *path, long *step, uint64_
     if (st == MOE_OK)
         st = build(tr, &mo, &sg, 0, &l);
     MOE_TRY_GOTO(all_ok(w, st), st, done);
-    moe_ckpt_group g = {.rank = rank_of(w), .size = size_of(w), .agree = agree_cb, .ctx = w};
+    moe_ckpt_group g = {.rank = rank_of(w), .size = size_of(w), .agree = agree_cb, .any = any_cb, .ctx = w};
     MOE_TRY_GOTO(moe_ckpt_load_parts(path, &meta, l.p, l.n, w ? &g : NULL, loaded_dir, cap), st, done);
     float *base[PREFIXES] = {moe_model_param_data(moe_trainer_model(tr)), mo.m, mo.v};
     staging_scatter(tr, &sg, base);

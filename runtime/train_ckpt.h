@@ -7,10 +7,12 @@
 ** ("state.expert_bias"), each described with its GLOBAL shape. It is
 ** sharded: each owner rank writes its part into its own shard file and the
 ** manifest records how every tensor is cut (runtime/base/checkpoint.h).
-** Owners: world rank 0 writes every non-expert tensor and the state; an
-** expert tensor (E_local, ...) on a rank is rows [first, first + E_local) of
-** the global (E, ...) one, written by the ranks whose edp rank is 0 (one per
-** ep rank; without an ep group, world rank 0 writes it whole).
+** Owners: in each pipeline stage the rank with dp-cp and tp rank 0 writes
+** the stage's non-expert tensors (never the last stage's copy of a tied
+** embedding); world rank 0 the state; an expert tensor (E_local, ...) on a
+** rank is rows of the global (E, ...) one, written by the ranks whose edp
+** and etp ranks are 0 (one per ep rank). Tensor-parallel pieces are
+** assembled into full tensors first (see train_ckpt.c).
 **
 ** Save is collective over the world (every rank calls it): rank 0 prepares
 ** the temporary step directory, the owners write their shards, the shard

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "parallel/pp_schedule.h"
 #include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 
@@ -12,6 +13,13 @@ struct moe_trainer {
     moe_model *model;
     moe_adamw opt;     /* with the distributed optimizer: the step counter only */
     moe_distopt *dopt; /* NULL unless the distributed optimizer runs */
+    /* pipeline: the schedule and per-slot send buffers */
+    moe_pp_action *sched;
+    int nsched, nslots;
+    float *fwd_msg, *bwd_msg;  /* [nslots][msg] */
+    float *emb_peer;           /* the other stage's tied-embedding gradient */
+    moe_request **fwd_req, **bwd_req;
+    size_t msg;
 };
 
 moe_status moe_trainer_create(moe_trainer **out, const moe_config *cfg)
@@ -34,8 +42,8 @@ static moe_status distopt_init(moe_trainer *t)
     MOE_TRY(moe_alloc((void **)&dt, sizeof *dt * (size_t)count, "distributed optimizer table"));
     int tp_rank = t->par.tp ? moe_comm_rank(t->par.tp) : 0;
     for (int i = 0; i < count; i++) {
-        int tp_copy = !p[i].is_expert && p[i].cut.split_dim < 0 && tp_rank > 0;
-        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert, tp_copy};
+        int copy = (!p[i].is_expert && p[i].cut.split_dim < 0 && tp_rank > 0) || p[i].pp_copy;
+        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert, copy};
     }
     size_t n = moe_model_num_params(t->model);
     moe_status st = moe_distopt_create(&t->dopt, dt, count, n, t->par.dp_cp, t->par.edp, t->par.ep, 0);
@@ -51,6 +59,23 @@ static moe_status distopt_init(moe_trainer *t)
                  mine, full, full - mine, t->par.dp_cp ? moe_comm_size(t->par.dp_cp) : 1,
                  t->par.edp ? moe_comm_size(t->par.edp) : 1, (double)moe_distopt_work_floats(t->dopt) * mib);
     }
+    return MOE_OK;
+}
+
+static moe_status pipeline_init(moe_trainer *t, int micro, int slots)
+{
+    t->nsched = 2 * micro;
+    t->nslots = slots;
+    t->msg = moe_model_pp_numel(t->model, t->cfg.micro_batch_size);
+    MOE_TRY(moe_alloc((void **)&t->sched, sizeof *t->sched * (size_t)t->nsched, "pipeline schedule"));
+    MOE_TRY(moe_pp_schedule(t->par.pp_size, t->par.pp_rank, micro, 1, t->sched));
+    MOE_TRY(moe_alloc((void **)&t->fwd_msg, sizeof(float) * t->msg * (size_t)slots, "pipeline messages"));
+    MOE_TRY(moe_alloc((void **)&t->bwd_msg, sizeof(float) * t->msg * (size_t)slots, "pipeline messages"));
+    MOE_TRY(moe_alloc((void **)&t->fwd_req, sizeof *t->fwd_req * (size_t)slots, "pipeline requests"));
+    MOE_TRY(moe_alloc((void **)&t->bwd_req, sizeof *t->bwd_req * (size_t)slots, "pipeline requests"));
+    size_t n;
+    if (moe_model_emb_grad(t->model, &n))
+        MOE_TRY(moe_alloc((void **)&t->emb_peer, n * sizeof(float), "tied embedding gradient"));
     return MOE_OK;
 }
 
@@ -72,14 +97,22 @@ moe_status moe_trainer_create_parallel(moe_trainer **out, const moe_config *cfg,
         t->par.etp = real_group(par->etp);
         t->par.tp_cp = real_group(par->tp_cp);
         t->par.world = real_group(par->world);
+        t->par.pp = real_group(par->pp);
     }
+    if (!t->par.pp)
+        t->par.pp_rank = 0, t->par.pp_size = 1;
     MOE_TRY_GOTO(moe_config_validate(&t->cfg), st, fail);
     if (t->cfg.global_batch_size % (t->cfg.micro_batch_size * t->par.dp_size) != 0)
         MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "global-batch-size (%d) must be divisible by micro-batch-size x data-parallel size (%d x %d)",
                               t->cfg.global_batch_size, t->cfg.micro_batch_size, t->par.dp_size), st, fail);
+    int micro = t->cfg.global_batch_size / (t->cfg.micro_batch_size * t->par.dp_size);
+    int slots = t->par.pp_size > 1 ? moe_pp_max_in_flight(t->par.pp_size, t->par.pp_rank, micro, 1) : 1;
     moe_model_par mp = {t->par.ep, t->par.maps, t->par.dp_cp, t->par.edp, t->par.tp, t->par.cp, t->par.etp,
-                        t->par.tp_cp, t->par.tp_dp_cp, t->cfg.sequence_parallel};
+                        t->par.tp_cp, t->par.tp_dp_cp, t->cfg.sequence_parallel, t->par.pp_rank, t->par.pp_size,
+                        slots};
     MOE_TRY_GOTO(moe_model_create_parallel(&t->model, &t->cfg, t->cfg.micro_batch_size, &mp), st, fail);
+    if (t->par.pp_size > 1)
+        MOE_TRY_GOTO(pipeline_init(t, micro, slots), st, fail);
     MOE_TRY_GOTO(moe_model_init(t->model, t->cfg.seed), st, fail);
     if (t->cfg.use_distributed_optimizer && (t->par.dp_cp || t->par.edp))
         MOE_TRY_GOTO(distopt_init(t), st, fail);
@@ -101,6 +134,12 @@ void moe_trainer_free(moe_trainer *t)
         return;
     moe_adamw_free(&t->opt);
     moe_distopt_free(t->dopt);
+    moe_free(t->sched);
+    moe_free(t->fwd_msg);
+    moe_free(t->bwd_msg);
+    moe_free(t->emb_peer);
+    moe_free(t->fwd_req);
+    moe_free(t->bwd_req);
     moe_model_free(t->model);
     moe_free(t);
 }
@@ -135,6 +174,102 @@ static moe_status optimizer_step(moe_trainer *t, double lr, double *grad_norm)
     return moe_distopt_step(t->dopt, moe_model_param_data(t->model), &h);
 }
 
+enum { TAG_PP_FWD = 201, TAG_PP_BWD = 202 };
+
+static void add_stats(double sums[3], const moe_fwd_stats *st)
+{
+    sums[0] += st->lm_loss_sum;
+    sums[1] += st->aux_loss;
+    sums[2] += st->z_loss;
+}
+
+/* This rank's micro-batches, one after another (no pipeline). */
+static moe_status run_micro_batches(moe_trainer *t, const int32_t *inputs, const int32_t *targets, int micro,
+                                    float lm_scale, float aux_scale, double sums[3])
+{
+    int mb = t->cfg.micro_batch_size, T = t->cfg.seq_length;
+    for (int i = 0; i < micro; i++) {
+        size_t off = (size_t)i * mb * T;
+        moe_fwd_stats st;
+        MOE_TRY(moe_model_forward(t->model, inputs + off, targets + off, mb, &st));
+        /* the distributed optimizer sums gradients itself, by reduce-scatter */
+        moe_model_set_grad_sync(t->model, !t->dopt && i == micro - 1);
+        MOE_TRY(moe_model_backward(t->model, lm_scale, aux_scale));
+        add_stats(sums, &st);
+    }
+    return MOE_OK;
+}
+
+/* One 1F1B action of this stage. Sends are non-blocking; a slot's previous
+** send is waited for before its buffer is written again. */
+static moe_status pipeline_action(moe_trainer *t, const moe_pp_action *a, int last_action, const int32_t *inputs,
+                                  const int32_t *targets, float lm_scale, float aux_scale, double sums[3])
+{
+    moe_model *m = t->model;
+    moe_comm *pp = t->par.pp;
+    int s = t->par.pp_rank, P = t->par.pp_size, mb = t->cfg.micro_batch_size, slot = a->micro % t->nslots;
+    size_t off = (size_t)a->micro * mb * t->cfg.seq_length, n = t->msg;
+    MOE_TRY(moe_model_set_slot(m, slot));
+    if (a->kind == MOE_PP_FWD) {
+        MOE_TRY(moe_wait(&t->fwd_req[slot]));
+        if (s > 0)
+            MOE_TRY(moe_recv(pp, moe_model_pp_input(m), n, MOE_DT_F32, s - 1, TAG_PP_FWD));
+        moe_fwd_stats st;
+        MOE_TRY(moe_model_forward(m, inputs + off, targets + off, mb, &st));
+        add_stats(sums, &st);
+        if (s + 1 < P) {
+            float *buf = t->fwd_msg + (size_t)slot * n;
+            memcpy(buf, moe_model_pp_output(m), n * sizeof *buf);
+            MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, s + 1, TAG_PP_FWD, &t->fwd_req[slot]));
+        }
+        return MOE_OK;
+    }
+    if (s + 1 < P)
+        MOE_TRY(moe_recv(pp, moe_model_pp_grad(m), n, MOE_DT_F32, s + 1, TAG_PP_BWD));
+    moe_model_set_grad_sync(m, !t->dopt && last_action);
+    MOE_TRY(moe_model_backward(m, lm_scale, aux_scale));
+    if (s > 0) {
+        MOE_TRY(moe_wait(&t->bwd_req[slot]));
+        float *buf = t->bwd_msg + (size_t)slot * n;
+        memcpy(buf, moe_model_pp_grad(m), n * sizeof *buf);
+        MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, s - 1, TAG_PP_BWD, &t->bwd_req[slot]));
+    }
+    return MOE_OK;
+}
+
+static moe_status run_pipeline(moe_trainer *t, const int32_t *inputs, const int32_t *targets, float lm_scale,
+                               float aux_scale, double sums[3])
+{
+    for (int i = 0; i < t->nsched; i++)
+        MOE_TRY(pipeline_action(t, &t->sched[i], i == t->nsched - 1, inputs, targets, lm_scale, aux_scale, sums));
+    for (int k = 0; k < t->nslots; k++) {
+        MOE_TRY(moe_wait(&t->fwd_req[k]));
+        MOE_TRY(moe_wait(&t->bwd_req[k]));
+    }
+    return moe_model_set_slot(t->model, 0);
+}
+
+/* The first and last stages' copies of a tied embedding both get the sum of
+** the two gradients (a + b == b + a, so the copies stay identical). */
+enum { TAG_PP_EMB = 203 };
+
+static moe_status sync_tied_embedding(moe_trainer *t)
+{
+    size_t n;
+    float *g = moe_model_emb_grad(t->model, &n);
+    if (!g)
+        return MOE_OK;
+    int P = t->par.pp_size, peer = t->par.pp_rank == 0 ? P - 1 : 0;
+    moe_request *rq[2] = {NULL, NULL};
+    MOE_TRY(moe_irecv(t->par.pp, t->emb_peer, n, MOE_DT_F32, peer, TAG_PP_EMB, &rq[0]));
+    MOE_TRY(moe_isend(t->par.pp, g, n, MOE_DT_F32, peer, TAG_PP_EMB, &rq[1]));
+    MOE_TRY(moe_wait(&rq[0]));
+    MOE_TRY(moe_wait(&rq[1]));
+    for (size_t i = 0; i < n; i++)
+        g[i] += t->emb_peer[i];
+    return MOE_OK;
+}
+
 moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t *targets, long it,
                             moe_train_metrics *r)
 {
@@ -144,20 +279,15 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
     int micro = micro_global / t->par.dp_size;
     double tokens = (double)c->global_batch_size * T;
     double sums[3] = {0, 0, 0}; /* lm, aux, z */
+    float lm_scale = (float)(1.0 / tokens), aux_scale = (float)(1.0 / micro_global);
 
     moe_model_zero_grad(t->model);
-    for (int i = 0; i < micro; i++) {
-        size_t off = (size_t)i * mb * T;
-        moe_fwd_stats st;
-        MOE_TRY(moe_model_forward(t->model, inputs + off, targets + off, mb, &st));
-        /* the distributed optimizer sums gradients itself, by reduce-scatter */
-        moe_model_set_grad_sync(t->model, !t->dopt && i == micro - 1);
-        MOE_TRY(moe_model_backward(t->model, (float)(1.0 / tokens), (float)(1.0 / micro_global)));
-        sums[0] += st.lm_loss_sum;
-        sums[1] += st.aux_loss;
-        sums[2] += st.z_loss;
-    }
+    if (t->par.pp_size > 1)
+        MOE_TRY(run_pipeline(t, inputs, targets, lm_scale, aux_scale, sums));
+    else
+        MOE_TRY(run_micro_batches(t, inputs, targets, micro, lm_scale, aux_scale, sums));
     MOE_TRY(moe_model_finish_grad_sync(t->model));
+    MOE_TRY(sync_tied_embedding(t));
     /* each rank's share of the micro-batches it worked on (see moe_fwd_stats) */
     if (t->par.world)
         MOE_TRY(moe_allreduce(t->par.world, sums, 3, MOE_DT_F64, MOE_OP_SUM));
@@ -170,10 +300,26 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
         return moe_fail(MOE_ERR_SYSTEM, "loss is %g at step %ld: training diverged (lower --lr?)", r->loss, r->step);
     r->lr = moe_lr_at(c, it);
     MOE_TRY(optimizer_step(t, r->lr, &r->grad_norm));
-    if (t->par.tp_dp_cp)
-        MOE_TRY(moe_model_reduce_load(t->model, t->par.tp_dp_cp));
+    /* every rank's counts, every MoE layer (pipeline stages hold different ones) */
+    if (t->par.world)
+        MOE_TRY(moe_model_reduce_load(t->model, t->par.world));
     moe_model_update_expert_bias(t->model);
     moe_model_take_load(t->model, &r->load_imbalance, &r->dropped_frac);
+    return MOE_OK;
+}
+
+/* Forward only, stage by stage, one micro-batch at a time. */
+static moe_status eval_forward(moe_trainer *t, const int32_t *in, const int32_t *tg, int b, moe_fwd_stats *st)
+{
+    moe_model *m = t->model;
+    moe_comm *pp = t->par.pp;
+    int s = t->par.pp_rank, P = t->par.pp_size;
+    size_t n = moe_model_pp_numel(m, b);
+    if (s > 0)
+        MOE_TRY(moe_recv(pp, moe_model_pp_input(m), n, MOE_DT_F32, s - 1, TAG_PP_FWD));
+    MOE_TRY(moe_model_forward(m, in, tg, b, st));
+    if (s + 1 < P)
+        MOE_TRY(moe_send(pp, moe_model_pp_output(m), n, MOE_DT_F32, s + 1, TAG_PP_FWD));
     return MOE_OK;
 }
 
@@ -185,13 +331,13 @@ moe_status moe_trainer_eval(moe_trainer *t, const int32_t *inputs, const int32_t
     for (int s = 0; s < count; s += mb) {
         int b = count - s < mb ? count - s : mb;
         moe_fwd_stats st;
-        MOE_TRY(moe_model_forward(t->model, inputs + (size_t)s * T, targets + (size_t)s * T, b, &st));
+        MOE_TRY(eval_forward(t, inputs + (size_t)s * T, targets + (size_t)s * T, b, &st));
         sum[0] += st.lm_loss_sum;
     }
     double im, dr;
     moe_model_take_load(t->model, &im, &dr); /* evaluation routing is not training load */
-    if (t->par.world) { /* the loss counts once per micro-batch (tp rank 0 of each cp chunk) */
-        int tp0 = !t->par.tp || moe_comm_rank(t->par.tp) == 0;
+    if (t->par.world) { /* the loss counts once per micro-batch (tp rank 0 of each cp chunk, last stage) */
+        int tp0 = (!t->par.tp || moe_comm_rank(t->par.tp) == 0) && t->par.pp_rank == t->par.pp_size - 1;
         int cp = t->par.cp ? moe_comm_size(t->par.cp) : 1;
         sum[1] = tp0 ? sum[1] / cp : 0;
         MOE_TRY(moe_allreduce(t->par.world, sum, 2, MOE_DT_F64, MOE_OP_SUM));

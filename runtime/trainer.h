@@ -8,6 +8,11 @@
 ** it reports is the LM loss averaged over every token of the global batch, so
 ** it does not depend on how the batch is split.
 **
+** With pipeline parallelism (pp_size > 1) a step runs the 1F1B schedule
+** (parallel/pp_schedule.h) over this rank's micro-batches: activations go to
+** the next stage and gradients back with non-blocking sends; the last stage
+** computes the loss. Every stage is given the same inputs and targets.
+**
 ** With cfg->use_distributed_optimizer and a data-parallel group (dp_cp or
 ** edp) larger than 1, AdamW's moments are sharded over those groups
 ** (parallel/distopt.h): backward runs without the model's gradient sync, the
@@ -41,6 +46,8 @@ typedef struct {
     moe_comm *edp;      /* expert gradients */
     moe_comm *tp_dp_cp; /* expert-bias and load token counts; router / norm gradients */
     moe_comm *tp, *cp, *etp, *tp_cp; /* see moe_model_par */
+    moe_comm *pp;  /* this rank's pipeline (stages in order) */
+    int pp_rank, pp_size;
     const moe_expert_map *maps; /* [MoE layers], see moe_model_par */
     int dp_rank, dp_size;
 } moe_trainer_par;

@@ -79,11 +79,10 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
     MOE_TRY(moe_layout_check_model(&w->layout, cfg->num_experts, cfg->num_attention_heads,
                                    cfg->num_query_groups, cfg->num_layers, cfg->seq_length,
                                    cfg->sequence_parallel));
-    MOE_TRY(moe_layout_check_build(&w->layout));
     MOE_TRY(moe_config_check_build(cfg));
 
     static const moe_group_kind used[] = {MOE_G_DP_CP, MOE_G_EP, MOE_G_EDP, MOE_G_TP_DP_CP,
-                                          MOE_G_TP,    MOE_G_CP, MOE_G_ETP, MOE_G_TP_CP};
+                                          MOE_G_TP,    MOE_G_CP, MOE_G_ETP, MOE_G_TP_CP, MOE_G_PP};
     for (size_t i = 0; i < sizeof used / sizeof *used; i++)
         MOE_TRY(make_group(w, used[i]));
     moe_coords c;
@@ -100,6 +99,9 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         .cp = w->groups[MOE_G_CP],
         .etp = w->groups[MOE_G_ETP],
         .tp_cp = w->groups[MOE_G_TP_CP],
+        .pp = w->groups[MOE_G_PP],
+        .pp_rank = c.pp,
+        .pp_size = w->layout.pp,
         .maps = w->maps,
         .dp_rank = c.dp,
         .dp_size = w->layout.dp,
@@ -115,8 +117,8 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
         moe_error_clear();
     }
     if (w->rank == 0)
-        moe_info("layout: world %d; attention TP %d x CP %d x DP %d%s, experts ETP %d x EP %d x EDP %d; "
-                 "%d experts, %d per rank", w->size, w->layout.tp, w->layout.cp, w->layout.dp,
+        moe_info("layout: world %d; PP %d; attention TP %d x CP %d x DP %d%s, experts ETP %d x EP %d x EDP %d; "
+                 "%d experts, %d per rank", w->size, w->layout.pp, w->layout.tp, w->layout.cp, w->layout.dp,
                  cfg->sequence_parallel && w->layout.tp > 1 ? " (sequence parallel)" : "", w->layout.etp,
                  w->layout.ep, w->layout.edp, cfg->num_experts, w->maps[0].E_local);
     return MOE_OK;

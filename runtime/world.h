@@ -5,9 +5,9 @@
 ** gives the rank tables, comm/ makes them communicators), builds the expert
 ** map, and binds the process to its cores.
 **
-** This build runs tensor (with sequence parallelism), context, expert
-** (with expert tensor parallelism) and data parallelism, folded; pipeline
-** parallelism is refused with a clear message until it lands.
+** All five dimensions run: tensor (with sequence parallelism), context,
+** pipeline, expert (with expert tensor parallelism) and data parallelism,
+** with attention and experts folded onto the same ranks.
 */
 #ifndef MOE_WORLD_H
 #define MOE_WORLD_H

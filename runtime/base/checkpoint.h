@@ -154,12 +154,18 @@ void moe_ckpt_discard(const char *tmp_dir);
 typedef struct {
     int rank, size;
     int (*agree)(void *ctx, int code, char *msg, size_t cap);
+    /* Optional, for loaders that each ask for a subset of the tensors
+    ** (pipeline stages): flags[i] becomes 1 on every loader when any loader
+    ** had it 1; returns 0, or -1 when the exchange failed. Without it every
+    ** loader must ask for every tensor. */
+    int (*any)(void *ctx, int32_t *flags, int n);
     void *ctx;
 } moe_ckpt_group;
 
 /* Like moe_ckpt_load_path, for slices: PATH is a step directory or a ROOT
 ** (newest usable step, falling back like moe_ckpt_load_latest). Every name
-** in the checkpoint must be asked for by some part and every part must match
+** in the checkpoint must be asked for by some part (of some loader, with
+** g->any) and every part must match
 ** its global shape; rows may come from any number of shards. Each slice
 ** read is checked against its checksum and its shard's size. g NULL: one
 ** loader (it also checks every shard whole). Nothing is written to the

@@ -279,45 +279,50 @@ static int part_overlaps(const Moe__TensorEntry *e, const moe_ckpt_part *p)
 
 /* Names and shapes of the caller's parts against the manifest: every part
 ** names a tensor of its global shape, every tensor is asked for. */
-static moe_status match_parts(const view *w, const moe_ckpt_part *p, int n)
+/* One part against the manifest: a tensor of its global shape, f32. */
+static moe_status match_part(const view *w, const moe_ckpt_part *p, size_t *lo, size_t *hi)
 {
-    char *used = NULL;
+    char ms[160], cs[160];
+    moe_ck_fmt_shape(ms, sizeof ms, p->shape, (size_t)p->ndim);
+    if (!view_find(w, p->name, lo, hi))
+        return moe_fail(MOE_ERR_INPUT, "%s: checkpoint has no such tensor, model has %s (in %s)", p->name, ms, w->dir);
+    const Moe__TensorEntry *e = w->v[*lo];
+    moe_ck_fmt_shape(cs, sizeof cs, e->global_shape, e->n_global_shape);
+    int same = e->n_global_shape == (size_t)p->ndim;
+    for (int d = 0; same && d < p->ndim; d++)
+        same = e->global_shape[d] == p->shape[d];
+    if (!same)
+        return moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has %s (in %s)", p->name, cs, ms, w->dir);
+    if (strcmp(e->dtype, "f32") != 0)
+        return moe_fail(MOE_ERR_INPUT, "%s: checkpoint stores %s, the model needs f32 (in %s)", p->name, e->dtype,
+                        w->dir);
+    return MOE_OK;
+}
+
+/* Names and shapes of the caller's parts against the manifest: every part
+** names a tensor of its global shape, every tensor is asked for (by some
+** loader, with g->any, which every loader calls exactly once). */
+static moe_status match_parts(const view *w, const moe_ckpt_part *p, int n, const moe_ckpt_group *g)
+{
+    int32_t *used = NULL;
+    MOE_TRY(moe_alloc((void **)&used, sizeof *used * (w->n ? w->n : 1), "checkpoint match"));
     moe_status st = MOE_OK;
-    MOE_TRY(moe_alloc((void **)&used, w->n ? w->n : 1, "checkpoint match"));
-    for (int i = 0; i < n; i++) {
-        char ms[160], cs[160];
+    for (int i = 0; i < n && st == MOE_OK; i++) {
         size_t lo, hi;
-        moe_ck_fmt_shape(ms, sizeof ms, p[i].shape, (size_t)p[i].ndim);
-        if (!view_find(w, p[i].name, &lo, &hi)) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has no such tensor, model has %s (in %s)", p[i].name, ms,
-                          w->dir);
-            goto done;
-        }
-        const Moe__TensorEntry *e = w->v[lo];
-        moe_ck_fmt_shape(cs, sizeof cs, e->global_shape, e->n_global_shape);
-        int same = e->n_global_shape == (size_t)p[i].ndim;
-        for (int d = 0; same && d < p[i].ndim; d++)
-            same = e->global_shape[d] == p[i].shape[d];
-        if (!same) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has %s (in %s)", p[i].name, cs, ms, w->dir);
-            goto done;
-        }
-        if (strcmp(e->dtype, "f32") != 0) {
-            st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint stores %s, the model needs f32 (in %s)", p[i].name, e->dtype,
-                          w->dir);
-            goto done;
-        }
-        memset(used + lo, 1, hi - lo);
+        st = match_part(w, &p[i], &lo, &hi);
+        for (size_t k = lo; st == MOE_OK && k < hi; k++)
+            used[k] = 1;
     }
-    for (size_t k = 0; k < w->n; k++)
+    if (g && g->any && g->any(g->ctx, used, (int)w->n) != 0 && st == MOE_OK)
+        st = moe_fail(MOE_ERR_SYSTEM, "checkpoint: the loaders could not compare the tensors they load (%s)",
+                      moe_errmsg());
+    for (size_t k = 0; k < w->n && st == MOE_OK; k++)
         if (!used[k]) {
             char cs[160];
             moe_ck_fmt_shape(cs, sizeof cs, w->v[k]->global_shape, w->v[k]->n_global_shape);
             st = moe_fail(MOE_ERR_INPUT, "%s: checkpoint has %s, model has no such tensor (in %s)", w->v[k]->name, cs,
                           w->dir);
-            goto done;
         }
-done:
     moe_free(used);
     return st;
 }
@@ -517,8 +522,10 @@ static moe_status load_dir_parts(const char *dir, moe_ckpt_meta *meta, moe_ckpt_
     moe_status st = moe_ckpt_read_manifest(dir, &m);
     if (st == MOE_OK)
         st = view_init(&w, dir, m);
-    if (st == MOE_OK) {
-        st = match_parts(&w, p, n);
+    /* match_parts is collective with g->any: only when every loader has the manifest */
+    int read = g && g->any ? agree(g, code_of(st, 0), &st) : code_of(st, 0);
+    if (st == MOE_OK && read == CODE_OK) {
+        st = match_parts(&w, p, n, g);
         mismatch = st != MOE_OK;
     }
     if (st == MOE_OK)

@@ -372,9 +372,3 @@ int moe_layout_group_of(const moe_layout *l, moe_group_kind k, int rank, int *me
     return index;
 }
 
-moe_status moe_layout_check_build(const moe_layout *l)
-{
-    if (l->pp > 1)
-        return moe_fail(MOE_ERR_USAGE, "pipeline parallel size %d: this build runs PP = 1", l->pp);
-    return MOE_OK;
-}

@@ -60,10 +60,6 @@ moe_status moe_layout_init(moe_layout *l, int world, int tp, int cp, int pp, int
 ** MOE_ERR_USAGE with a message naming the sizes otherwise. */
 moe_status moe_layout_check_model(const moe_layout *l, int num_experts, int heads, int query_groups, int num_layers, int seq_length, int sequence_parallel);
 
-/* What this build runs: every dimension but pipeline parallelism; PP > 1 is
-** refused, naming it, by the launcher and the workers alike. */
-moe_status moe_layout_check_build(const moe_layout *l);
-
 /* rank in [0, world): its coordinates in both cuts. */
 void moe_layout_coords(const moe_layout *l, int rank, moe_coords *c);
 

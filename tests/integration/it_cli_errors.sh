@@ -24,9 +24,9 @@ expect_output "no-such-data"
 expect_status 2 "$MOE" train "${R[@]}" --nproc 3 --expert-model-parallel-size 2
 expect_status 2 "$MOE" train --run-dir "$D/refused" --moe-overlap fine
 expect_output "moe-overlap"
-expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --pipeline-model-parallel-size 2 \
+expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 3 --pipeline-model-parallel-size 3 \
   --micro-batch-size 2
-expect_output "pipeline parallel size 2: this build runs PP = 1"
+expect_output "pipeline-model-parallel-size (3) must divide num-layers (2)"
 expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 4 --tensor-model-parallel-size 2 --context-parallel-size 2 \
   --seq-length 30
 expect_output "seq-length (30) must be a multiple of 2 x context-parallel-size (4)"
