@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "launch/checkpoint_cmd.h"
 #include "launch/data_prepare.h"
 #include "launch/inspect.h"
 #include "launch/local.h"
@@ -21,6 +22,7 @@ static void usage(FILE *f)
             "  train             train a model locally (moe train --help)\n"
             "  data prepare      turn text into token shards (moe data prepare --help)\n"
             "  inspect           checkpoint DIR | trace FILE | plan PLAN, validated and shown\n"
+            "  checkpoint        export / import a checkpoint as safetensors (moe checkpoint --help)\n"
             "  plan topology     the parallel groups of a layout (moe plan topology --help)\n"
             "  plan placement    place experts on ranks from a routing trace (moe plan placement --help)\n"
             "  bench             benchmarks: gemm, train, a2a, planner (moe bench --help)\n"
@@ -85,6 +87,8 @@ int moe_cli_main(int argc, char **argv)
     }
     if (strcmp(cmd, "inspect") == 0)
         return moe_inspect_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "checkpoint") == 0)
+        return moe_checkpoint_main(argc - 2, argv + 2);
     if (strcmp(cmd, "plan") == 0)
         return moe_plan_main(argc - 2, argv + 2);
     if (strcmp(cmd, "bench") == 0)

@@ -3,7 +3,8 @@
 # Idempotent: packages already present are not fetched again, and the build is
 # incremental.
 #   scripts/setup.sh            build/ (Release)
-#   scripts/setup.sh --test     also the test-only packages (python3-torch for the oracle)
+#   scripts/setup.sh --test     also the test-only packages (python3-torch for the oracle,
+#                               safetensors from PyPI for the export check: Debian has no package)
 #   scripts/setup.sh --san      also build-san/ (AddressSanitizer + UBSan)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin protobuf-c-compiler libprotobuf-c-dev libhwloc-dev
       check libsubunit-dev libopenblas-openmp-dev libyaml-dev libsodium-dev libxxhash-dev
       coinor-libcbc-dev bible-kjv)
-[ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy)
+[ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy python3-pip)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -36,6 +37,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+[ "$want_test" = 1 ] && { /usr/bin/python3 -c 'import safetensors' 2>/dev/null || /usr/bin/python3 -m pip install -q --break-system-packages safetensors || echo "setup: safetensors (pip) not installed: it_safetensors checks with numpy only" >&2; }
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"

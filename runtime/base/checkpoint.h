@@ -185,6 +185,15 @@ moe_status moe_ckpt_read_rows(const char *dir, const Moe__CheckpointManifest *m,
 ** global shape). Does not read shards. On failure *out is NULL. */
 moe_status moe_ckpt_read_manifest(const char *dir, Moe__CheckpointManifest **out);
 
+/* PATH as a loader takes it (a step directory, named step-N or holding a
+** manifest, or a ROOT whose newest fully valid step is used, falling back
+** past unusable ones with a warning): dir gets the step directory and *m
+** its manifest, every byte it describes verified. The caller frees *m with
+** moe__checkpoint_manifest__free_unpacked. */
+moe_status moe_ckpt_open_verified(const char *path, char *dir, size_t cap, Moe__CheckpointManifest **m);
+/* Does ROOT hold any step-N directory? (A missing ROOT holds none.) */
+int moe_ckpt_has_steps(const char *root);
+
 /* Reads every shard of a manifest from moe_ckpt_read_manifest and checks sizes
 ** and checksums. shard_ok[m->n_shards] and tensor_ok[m->n_tensors] (either may
 ** be NULL) get 1 for each one that checks out, 0 otherwise; all are checked

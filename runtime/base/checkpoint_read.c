@@ -667,3 +667,67 @@ moe_status moe_ckpt_load_path(const char *path, moe_ckpt_meta *meta, moe_ckpt_te
     MOE_TRY(st);
     return MOE_OK;
 }
+
+/* ---- a verified step for readers that want the manifest ------------------- */
+
+static moe_status read_verified(const char *dir, Moe__CheckpointManifest **m)
+{
+    MOE_TRY(moe_ckpt_read_manifest(dir, m));
+    moe_status st = moe_ckpt_verify(dir, *m, NULL, NULL);
+    if (st != MOE_OK) {
+        moe__checkpoint_manifest__free_unpacked(*m, NULL);
+        *m = NULL;
+        MOE_TRY(st);
+    }
+    return MOE_OK;
+}
+
+moe_status moe_ckpt_open_verified(const char *path, char *dir, size_t cap, Moe__CheckpointManifest **m)
+{
+    char manifest[CKPT_PATH];
+    *m = NULL;
+    if (!moe_ck_is_dir(path))
+        return moe_fail(MOE_ERR_INPUT, "checkpoint path %s is not a directory", path);
+    MOE_TRY(moe_ck_join(manifest, sizeof manifest, path, MANIFEST_NAME));
+    const char *base = strrchr(path, '/');
+    int64_t step;
+    if (access(manifest, F_OK) == 0 || moe_ck_parse_step_name(base ? base + 1 : path, &step)) {
+        if ((size_t)snprintf(dir, cap, "%s", path) >= cap)
+            return moe_fail(MOE_ERR_USAGE, "checkpoint path %s is too long", path);
+        return read_verified(dir, m);
+    }
+    moe_ck_step_ent *v = NULL;
+    int n = 0;
+    MOE_TRY(moe_ck_list_steps(path, &v, &n));
+    char problem[1024] = "";
+    moe_status st = MOE_ERR_INPUT;
+    for (int i = 0; i < n; i++) {
+        MOE_TRY_GOTO(moe_ck_join(dir, cap, path, v[i].name), st, done);
+        st = read_verified(dir, m);
+        if (st == MOE_OK || (st != MOE_ERR_INPUT && st != MOE_ERR_IO))
+            break;
+        snprintf(problem, sizeof problem, "%s", moe_errmsg());
+        moe_warn("checkpoint %s is unusable: %s; %s", dir, problem,
+                 i + 1 < n ? "trying the previous one" : "no older checkpoint left");
+        moe_error_clear();
+    }
+    if (n == 0)
+        st = moe_fail(MOE_ERR_INPUT, "no checkpoints in %s", path);
+    else if (st == MOE_ERR_INPUT || st == MOE_ERR_IO)
+        st = moe_fail(MOE_ERR_INPUT, "no valid checkpoint in %s (%d tried; the last problem: %s)", path, n, problem);
+done:
+    moe_free(v);
+    return st;
+}
+
+int moe_ckpt_has_steps(const char *root)
+{
+    moe_ck_step_ent *v = NULL;
+    int n = 0;
+    if (!moe_ck_is_dir(root) || moe_ck_list_steps(root, &v, &n) != MOE_OK) {
+        moe_error_clear();
+        return 0;
+    }
+    moe_free(v);
+    return n > 0;
+}

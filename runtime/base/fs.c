@@ -29,8 +29,7 @@ moe_status moe_mkdir_p(const char *path)
     return MOE_OK;
 }
 
-/* The rename is durable only once the directory holding it is synced. */
-static moe_status fsync_parent(const char *path)
+moe_status moe_fsync_parent(const char *path)
 {
     char dir[4096];
     const char *slash = strrchr(path, '/');
@@ -89,5 +88,5 @@ moe_status moe_write_file_atomic(const char *path, const void *buf, size_t len)
         unlink(tmp);
         return st;
     }
-    return fsync_parent(path);
+    return moe_fsync_parent(path);
 }

@@ -17,4 +17,8 @@ moe_status moe_mkdir_p(const char *path);
 ** the directory. On failure the temp file is removed. */
 moe_status moe_write_file_atomic(const char *path, const void *buf, size_t len);
 
+/* fsync of the directory holding path: a rename or a new file there is
+** durable only after it. */
+moe_status moe_fsync_parent(const char *path);
+
 #endif
