@@ -258,12 +258,10 @@ void MOE_OP(experts_forward)(real *ys, real *h13, real *act, const real *xs, con
     MOE_OP(experts_forward_segments)(ys, h13, act, xs, w13, w2, offsets, NULL, E, C, F);
 }
 
-// dxs (R, C), dh13 (R, 2F), dact (R, F) are written; dw13, dw2 accumulate
-void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
-                                       const real *dys, const real *xs, const real *h13,
-                                       const real *act, const real *w13, const real *w2,
-                                       const int32_t *offsets, const int32_t *seg_expert, int nseg,
-                                       int C, int F)
+// dxs (R, C), dh13 (R, 2F), dact (R, F) are written
+void MOE_OP(experts_dgrad_segments)(real *dxs, real *dh13, real *dact, const real *dys, const real *h13,
+                                    const real *w13, const real *w2, const int32_t *offsets,
+                                    const int32_t *seg_expert, int nseg, int C, int F)
 {
     for (int g = 0; g < nseg; g++) {
         int r0 = offsets[g], Re = offsets[g + 1] - offsets[g];
@@ -271,26 +269,47 @@ void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *d
             continue;
         int e = seg_expert ? seg_expert[g] : g;
         const real *dy = dys + (size_t)r0 * C;
-        const real *x = xs + (size_t)r0 * C;
         const real *h = h13 + (size_t)r0 * 2 * F;
-        const real *a = act + (size_t)r0 * F;
         real *da = dact + (size_t)r0 * F;
         real *dh = dh13 + (size_t)r0 * 2 * F;
-        const real *wu = w13 + (size_t)e * 2 * F * C;
-        const real *wd = w2 + (size_t)e * C * F;
-
-        // dact = dy @ w2[e]; dw2[e] += dy^T @ act
-        MOE_OP(gemm)(0, 0, Re, F, C, (real)1, dy, C, wd, F, (real)0, da, F);
-        MOE_OP(gemm)(1, 0, C, F, Re, (real)1, dy, C, a, F, (real)1, dw2 + (size_t)e * C * F, F);
+        // dact = dy @ w2[e]
+        MOE_OP(gemm)(0, 0, Re, F, C, (real)1, dy, C, w2 + (size_t)e * C * F, F, (real)0, da, F);
         // swiglu_backward accumulates, and dh13 is ours to write
         memset(dh, 0, sizeof(real) * (size_t)Re * 2 * F);
         MOE_OP(swiglu_backward)(dh, da, h, Re, F);
-        // dw13[e] += dh^T @ xs; dxs = dh @ w13[e]
-        MOE_OP(gemm)(1, 0, 2 * F, C, Re, (real)1, dh, 2 * F, x, C, (real)1,
-                     dw13 + (size_t)e * 2 * F * C, C);
-        MOE_OP(gemm)(0, 0, Re, C, 2 * F, (real)1, dh, 2 * F, wu, C, (real)0,
+        // dxs = dh @ w13[e]
+        MOE_OP(gemm)(0, 0, Re, C, 2 * F, (real)1, dh, 2 * F, w13 + (size_t)e * 2 * F * C, C, (real)0,
                      dxs + (size_t)r0 * C, C);
     }
+}
+
+// dw13, dw2 accumulate, segment by segment in order
+void MOE_OP(experts_wgrad_segments)(real *dw13, real *dw2, const real *dys, const real *xs, const real *dh13,
+                                    const real *act, const int32_t *offsets, const int32_t *seg_expert, int nseg,
+                                    int C, int F)
+{
+    for (int g = 0; g < nseg; g++) {
+        int r0 = offsets[g], Re = offsets[g + 1] - offsets[g];
+        if (Re <= 0)
+            continue;
+        int e = seg_expert ? seg_expert[g] : g;
+        // dw2[e] += dy^T @ act; dw13[e] += dh^T @ xs
+        MOE_OP(gemm)(1, 0, C, F, Re, (real)1, dys + (size_t)r0 * C, C, act + (size_t)r0 * F, F, (real)1,
+                     dw2 + (size_t)e * C * F, F);
+        MOE_OP(gemm)(1, 0, 2 * F, C, Re, (real)1, dh13 + (size_t)r0 * 2 * F, 2 * F, xs + (size_t)r0 * C, C,
+                     (real)1, dw13 + (size_t)e * 2 * F * C, C);
+    }
+}
+
+// dxs (R, C), dh13 (R, 2F), dact (R, F) are written; dw13, dw2 accumulate
+void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,
+                                       const real *dys, const real *xs, const real *h13,
+                                       const real *act, const real *w13, const real *w2,
+                                       const int32_t *offsets, const int32_t *seg_expert, int nseg,
+                                       int C, int F)
+{
+    MOE_OP(experts_dgrad_segments)(dxs, dh13, dact, dys, h13, w13, w2, offsets, seg_expert, nseg, C, F);
+    MOE_OP(experts_wgrad_segments)(dw13, dw2, dys, xs, dh13, act, offsets, seg_expert, nseg, C, F);
 }
 
 void MOE_OP(experts_backward)(real *dxs, real *dw13, real *dw2, real *dh13, real *dact,

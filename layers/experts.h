@@ -77,5 +77,15 @@ void MOE_OP(experts_backward_segments)(real *dxs, real *dw13, real *dw2, real *d
                                        const real *act, const real *w13, const real *w2,
                                        const int32_t *offsets, const int32_t *seg_expert, int nseg,
                                        int C, int F);
+/* backward_segments in two passes that may run apart: dgrad writes dact,
+** dh13 and dxs of its segments; wgrad then accumulates dw2 and dw13 from dys,
+** act, dh13 and xs. Running dgrad per segment group in any order and then
+** wgrad over all segments gives backward_segments' bits. */
+void MOE_OP(experts_dgrad_segments)(real *dxs, real *dh13, real *dact, const real *dys, const real *h13,
+                                    const real *w13, const real *w2, const int32_t *offsets,
+                                    const int32_t *seg_expert, int nseg, int C, int F);
+void MOE_OP(experts_wgrad_segments)(real *dw13, real *dw2, const real *dys, const real *xs, const real *dh13,
+                                    const real *act, const int32_t *offsets, const int32_t *seg_expert, int nseg,
+                                    int C, int F);
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "layers/experts.h"
+#include "parallel/ep_internal.h"
 #include "runtime/base/mem.h"
 
 static moe_status map_alloc(moe_expert_map *m, int E, int ep_size, int ep_rank)
@@ -141,8 +142,7 @@ static void row_splits(const size_t *rows, int ep, int C, size_t *counts, size_t
     }
 }
 
-/* Exchanges the counts and derives the receive layout (segments, rows per peer). */
-static moe_status exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
+moe_status moe_ep_exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map,
                                   const int32_t *slot_offsets, int C, int F)
 {
     int P = map->ep_size, El = map->E_local, segs = P * El;
@@ -173,7 +173,7 @@ moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *
                            const int32_t *row_token, float *xs, const int32_t *slot_offsets, int C, int F)
 {
     int P = map->ep_size, me = map->ep_rank;
-    MOE_TRY(exchange_counts(s, ep, map, slot_offsets, C, F));
+    MOE_TRY(moe_ep_exchange_counts(s, ep, map, slot_offsets, C, F));
     moe_request *reqs[2 * P];
     int nreq = 0;
     moe_status st = MOE_OK;
@@ -199,12 +199,17 @@ moe_status moe_ep_dispatch(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *
     return st;
 }
 
+void moe_ep_refresh_splits(moe_ep_layer *s, int P, int C)
+{
+    row_splits(s->send_rows, P, C, s->sc, s->sd);
+    row_splits(s->recv_rows, P, C, s->rc, s->rd);
+}
+
 moe_status moe_ep_dispatch_again(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *rows,
                                  int C, float *out)
 {
     int P = map->ep_size;
-    row_splits(s->send_rows, P, C, s->sc, s->sd);
-    row_splits(s->recv_rows, P, C, s->rc, s->rd);
+    moe_ep_refresh_splits(s, P, C);
     return moe_alltoallv(ep, rows, s->sc, s->sd, out, s->rc, s->rd, MOE_DT_F32);
 }
 
@@ -212,8 +217,7 @@ moe_status moe_ep_combine(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *m
                           float *out)
 {
     int P = map->ep_size;
-    row_splits(s->send_rows, P, C, s->sc, s->sd);
-    row_splits(s->recv_rows, P, C, s->rc, s->rd);
+    moe_ep_refresh_splits(s, P, C);
     return moe_alltoallv(ep, rows, s->rc, s->rd, out, s->sc, s->sd, MOE_DT_F32);
 }
 
@@ -222,6 +226,8 @@ moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *m
                           const float *w13, const float *w2, float *ys)
 {
     (void)R;
+    if (s->overlap != MOE_EP_NONE)
+        return moe_ep_forward_overlap(s, ep, map, x, row_token, xs, slot_offsets, C, F, w13, w2, ys);
     int segs = map->ep_size * map->E_local;
     MOE_TRY(moe_ep_dispatch(s, ep, map, x, row_token, xs, slot_offsets, C, F));
     moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, w13, w2, s->offsets, s->seg_expert, segs, C, F);
@@ -233,6 +239,8 @@ moe_status moe_ep_backward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *
                            float *dw2, float *dxs)
 {
     (void)R;
+    if (s->overlap != MOE_EP_NONE)
+        return moe_ep_backward_overlap(s, ep, map, dys, C, F, w13, w2, dw13, dw2, dxs);
     int segs = map->ep_size * map->E_local;
     /* forward kept xr, h13 and act; ye is free to hold the row gradients */
     MOE_TRY(moe_ep_dispatch_again(s, ep, map, dys, C, s->ye));

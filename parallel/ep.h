@@ -51,8 +51,21 @@ static inline int moe_expert_slot(const moe_expert_map *m, int e)
     return m->expert_rank[e] * m->E_local + m->expert_local[e];
 }
 
+/* How the expert layer overlaps its all-to-alls with compute
+** (--moe-overlap; ep_overlap.c): none, coarse (chunks of local experts, one
+** non-blocking all-to-all each, Tutel-like), fine (one message per source
+** rank, computed as it lands, results sent home as they finish: Comet-like;
+** thread 0 drives MPI while the others compute). All three give
+** bit-identical outputs and gradients. */
+typedef enum { MOE_EP_NONE = 0, MOE_EP_COARSE = 1, MOE_EP_FINE = 2 } moe_ep_overlap;
+
 /* One MoE layer's dispatch state: what forward leaves for backward. */
 typedef struct {
+    int overlap; /* moe_ep_overlap, set by the owner (0: none) */
+    int chunks;  /* coarse: chunks of local experts (0: 4; at most E_local) */
+    int delay_us; /* tests: coarse and fine sleep up to this long (pseudo-random) before
+                     each send, so messages land in ever-changing orders */
+    unsigned delay_state;
     size_t *send_rows, *recv_rows;      /* [ep] rows to / from each peer */
     int32_t *send_counts, *recv_counts; /* [ep * E_local] rows per (peer, local expert) */
     int32_t *offsets;                   /* [ep * E_local + 1] segments of the received rows */

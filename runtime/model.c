@@ -428,6 +428,8 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
         if (m->par.ep && m->n_moe)
             MOE_TRY_GOTO(moe_alloc((void **)&m->mb[k].ep_layers, sizeof *m->ep_layers * (size_t)m->n_moe,
                                    "ep layers"), st, fail);
+        for (int i = 0; m->mb[k].ep_layers && i < m->n_moe; i++)
+            m->mb[k].ep_layers[i].overlap = c->moe_overlap;
     }
     build_table(m); /* counting pass */
     int count = m->ntable;

@@ -54,3 +54,18 @@ foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_
           mpi_distopt_np3_ep1 mpi_distopt_np4_ep2)
   set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")
 endforeach()
+# The expert layer's overlap modes (none, coarse, fine) against each other,
+# bit for bit (tests/mpi/overlap.c): 2 and 4 ranks, one thread (the driver
+# tests between tasks) and two (thread 0 drives MPI), random send delays.
+moe_mpi_test(mpi_overlap_np2 2 mpi_overlap --threads 1)
+moe_mpi_test(mpi_overlap_np4 4 mpi_overlap --threads 2)
+moe_mpi_test(mpi_overlap_np4_delay 4 mpi_overlap --threads 2 --delay 3000 --experts 16)
+moe_mpi_test(mpi_overlap_np3_delay 3 mpi_overlap --threads 1 --delay 2000 --experts 6)
+# and the whole model trained with them (1 coarse, 2 fine) matches one rank
+moe_mpi_test(mpi_equiv_ep2_coarse 2 mpi_equivalence --ep 2 --overlap 1)
+moe_mpi_test(mpi_equiv_ep4_fine 4 mpi_equivalence --ep 4 --experts 8 --overlap 2)
+moe_mpi_test(mpi_equiv_tp2_ep2_etp2_fine 4 mpi_equivalence --tp 2 --sp --ep 2 --etp 2 --overlap 2)
+foreach(t mpi_overlap_np2 mpi_overlap_np4 mpi_overlap_np4_delay mpi_overlap_np3_delay mpi_equiv_ep2_coarse
+          mpi_equiv_ep4_fine mpi_equiv_tp2_ep2_etp2_fine)
+  set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")
+endforeach()

@@ -115,7 +115,7 @@ moe_status moe_config_parse_args(moe_config *c, int argc, char **argv, int first
 moe_status moe_config_validate(moe_config *c);
 
 /* Refuses valid settings this build does not run yet (recompute-granularity
-** other than none, moe-overlap other than none), naming them: the launcher
+** other than none), naming them: the launcher
 ** calls it before starting workers, the workers and the model again. */
 moe_status moe_config_check_build(const moe_config *c);
 

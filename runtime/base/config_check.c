@@ -164,7 +164,5 @@ moe_status moe_config_check_build(const moe_config *c)
 {
     if (c->recompute_granularity != 0)
         return moe_fail(MOE_ERR_USAGE, "recompute-granularity other than none is not supported by this build");
-    if (c->moe_overlap != 0)
-        return moe_fail(MOE_ERR_USAGE, "moe-overlap other than none is not supported by this build");
     return MOE_OK;
 }

@@ -22,7 +22,7 @@ expect_output "num-layers"
 expect_status 2 "$MOE" train "${R[@]}" --data-path "$D/no-such-data" --train-iters 30
 expect_output "no-such-data"
 expect_status 2 "$MOE" train "${R[@]}" --nproc 3 --expert-model-parallel-size 2
-expect_status 2 "$MOE" train --run-dir "$D/refused" --moe-overlap fine
+expect_status 2 "$MOE" train --run-dir "$D/refused" --moe-overlap finest
 expect_output "moe-overlap"
 expect_status 2 "$MOE" train --run-dir "$D/refused" --nproc 3 --pipeline-model-parallel-size 3 \
   --micro-batch-size 2

@@ -1,0 +1,336 @@
+/*
+** ep_overlap: the expert layer with its all-to-alls overlapped by compute
+** (--moe-overlap coarse|fine; ep.h has the contract).
+**
+** coarse (Tutel-like): the local experts are cut into d chunks; each chunk's
+** rows go out in their own non-blocking all-to-all(v), all posted at once;
+** chunk c computes as soon as its all-to-all completes and its results go
+** home in another all-to-all(v) while chunk c+1 computes.
+**
+** fine (Comet-like, arrival-driven): one message per (source rank), posted
+** at once; the local rows compute first, then each source's rows as they
+** land, and each source's results are sent home the moment they are done.
+** With more than one OpenMP thread, thread 0 only drives MPI (Open MPI over
+** TCP moves bytes only inside MPI calls) and the other threads compute; with
+** one thread the driver tests for arrivals between tasks.
+**
+** Both run exactly the GEMMs of the plain dispatcher, on the same rows, so
+** outputs are bit-identical to it; backward runs the data gradients per
+** chunk / source as they arrive and the weight gradients once, over every
+** segment in order, so they do not depend on arrival order either.
+*/
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "layers/experts.h"
+#include "parallel/ep_internal.h"
+
+#define EP_FINE_TAG 0x4551
+#define EP_BACK_TAG 0x4552
+
+/* ---- fine: per-source tasks ----------------------------------------------- */
+
+/* What one pass moves: rows out from `src` (slot-ordered, at sd[p]) into
+** `dst` (received, at rd[p]), the task on each source's rows, and the
+** results from `res` (received order) back into `out` (slot order). */
+typedef struct {
+    moe_ep_layer *s;
+    moe_comm *ep;
+    const moe_expert_map *map;
+    int C, F, backward;
+    const float *src; /* rows to send, slot order */
+    float *dst;       /* rows received (xr or ye) */
+    float *res;       /* task results, received order (ye or dx) */
+    float *out;       /* results home, slot order */
+    const float *w13, *w2;
+} pass;
+
+/* The task of source p: the expert forward, or the data gradients, of its segments. */
+static void run_source(const pass *a, int p)
+{
+    moe_ep_layer *s = a->s;
+    int El = a->map->E_local, g0 = p * El;
+    if (!a->backward)
+        moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, a->w13, a->w2, s->offsets + g0,
+                                     s->seg_expert + g0, El, a->C, a->F);
+    else
+        moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
+                                   s->seg_expert + g0, El, a->C, a->F);
+}
+
+/* The test hook of ep.h (delay_us): a pseudo-random pause before a send. */
+static void maybe_delay(moe_ep_layer *s)
+{
+    if (s->delay_us <= 0)
+        return;
+    s->delay_state = s->delay_state * 1103515245u + 12345u;
+    usleep((useconds_t)((s->delay_state >> 8) % (unsigned)s->delay_us));
+}
+
+/* Source order: this rank first, then the others rotated (as the sends go). */
+static int source_at(const moe_expert_map *map, int i) { return (map->ep_rank + i) % map->ep_size; }
+
+typedef struct {
+    moe_request **in, **back, **out, **ret; /* [P]: rows arriving, results arriving, rows sent, results sent */
+    atomic_int *arrived, *claimed, *done;
+    int *sent;
+} fine_state;
+
+/* Posts the receives of rows and results and the sends of rows. */
+static moe_status fine_post(const pass *a, fine_state *f)
+{
+    moe_ep_layer *s = a->s;
+    int P = a->map->ep_size, me = a->map->ep_rank;
+    for (int p = 0; p < P; p++) {
+        if (p == me)
+            continue;
+        if (s->rc[p])
+            MOE_TRY(moe_irecv(a->ep, a->dst + s->rd[p], s->rc[p], MOE_DT_F32, p, EP_FINE_TAG, &f->in[p]));
+        if (s->sc[p])
+            MOE_TRY(moe_irecv(a->ep, a->out + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_BACK_TAG, &f->back[p]));
+    }
+    for (int i = 1; i < P; i++) {
+        int p = source_at(a->map, i);
+        maybe_delay(s);
+        if (s->sc[p])
+            MOE_TRY(moe_isend(a->ep, a->src + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_FINE_TAG, &f->out[p]));
+    }
+    memcpy(a->dst + s->rd[me], a->src + s->sd[me], s->sc[me] * sizeof(float));
+    return MOE_OK;
+}
+
+/* Driver side: marks arrived sources, sends finished ones home. Returns
+** whether every source has been sent home. MPI calls happen only here. */
+static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
+{
+    moe_ep_layer *s = a->s;
+    int P = a->map->ep_size, me = a->map->ep_rank, left = 0;
+    for (int i = 0; i < P; i++) {
+        int p = source_at(a->map, i), ok = 1;
+        if (!atomic_load_explicit(&f->arrived[p], memory_order_relaxed)) {
+            MOE_TRY(moe_test(&f->in[p], &ok));
+            if (ok)
+                atomic_store_explicit(&f->arrived[p], 1, memory_order_release);
+        }
+        if (!f->sent[p] && atomic_load_explicit(&f->done[p], memory_order_acquire)) {
+            if (p == me)
+                memcpy(a->out + s->sd[me], a->res + s->rd[me], s->rc[me] * sizeof(float));
+            else if (s->rc[p]) {
+                maybe_delay(s);
+                MOE_TRY(moe_isend(a->ep, a->res + s->rd[p], s->rc[p], MOE_DT_F32, p, EP_BACK_TAG, &f->ret[p]));
+            }
+            f->sent[p] = 1;
+        }
+        left += !f->sent[p];
+    }
+    *finished = left == 0;
+    return MOE_OK;
+}
+
+/* Compute side: the first arrived, unclaimed source in order; -1 when all
+** are claimed, -2 when none is ready yet. */
+static int fine_claim(const pass *a, fine_state *f)
+{
+    int P = a->map->ep_size, pending = 0;
+    for (int i = 0; i < P; i++) {
+        int p = source_at(a->map, i);
+        if (atomic_load_explicit(&f->claimed[p], memory_order_relaxed))
+            continue;
+        pending = 1;
+        if (!atomic_load_explicit(&f->arrived[p], memory_order_acquire))
+            continue;
+        int expect = 0;
+        if (atomic_compare_exchange_strong(&f->claimed[p], &expect, 1))
+            return p;
+    }
+    return pending ? -2 : -1;
+}
+
+static int threads_available(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* One thread: test for arrivals between tasks. */
+static moe_status fine_run_serial(const pass *a, fine_state *f)
+{
+    int finished = 0;
+    while (!finished) {
+        MOE_TRY(fine_progress(a, f, &finished));
+        int p = fine_claim(a, f);
+        if (p >= 0) {
+            run_source(a, p);
+            atomic_store_explicit(&f->done[p], 1, memory_order_release);
+        } else if (p == -2) {
+            sched_yield();
+        }
+    }
+    return MOE_OK;
+}
+
+/* Thread 0 drives MPI, the others compute (GEMMs single-threaded inside the region). */
+static moe_status fine_run_threaded(const pass *a, fine_state *f, int nt)
+{
+    moe_status st = MOE_OK;
+    atomic_int failed = 0;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int me = omp_get_thread_num();
+#else
+        int me = 0;
+#endif
+        if (me == 0) {
+            int finished = 0;
+            while (!finished && st == MOE_OK) {
+                st = fine_progress(a, f, &finished);
+                if (!finished)
+                    sched_yield();
+            }
+            if (st != MOE_OK) /* let the compute threads out: nothing more will arrive */
+                atomic_store(&failed, 1);
+        } else {
+            while (!atomic_load(&failed)) {
+                int p = fine_claim(a, f);
+                if (p == -1)
+                    break;
+                if (p == -2) {
+                    sched_yield();
+                    continue;
+                }
+                run_source(a, p);
+                atomic_store_explicit(&f->done[p], 1, memory_order_release);
+            }
+        }
+    }
+    return st;
+}
+
+static moe_status fine_pass(const pass *a)
+{
+    int P = a->map->ep_size;
+    moe_request *in[P], *back[P], *out[P], *ret[P];
+    atomic_int arrived[P], claimed[P], done[P];
+    int sent[P];
+    for (int p = 0; p < P; p++) {
+        in[p] = back[p] = out[p] = ret[p] = NULL;
+        atomic_init(&arrived[p], 0);
+        atomic_init(&claimed[p], 0);
+        atomic_init(&done[p], 0);
+        sent[p] = 0;
+    }
+    atomic_store(&arrived[a->map->ep_rank], 1); /* local rows need no message */
+    fine_state f = {in, back, out, ret, arrived, claimed, done, sent};
+    moe_status st = fine_post(a, &f);
+    int nt = threads_available();
+    if (st == MOE_OK)
+        st = nt > 1 ? fine_run_threaded(a, &f, nt) : fine_run_serial(a, &f);
+    for (int p = 0; p < P; p++) { /* complete everything posted, even after a failure */
+        moe_request **r[4] = {&in[p], &back[p], &out[p], &ret[p]};
+        for (int k = 0; k < 4; k++) {
+            moe_status w = moe_wait(r[k]);
+            if (st == MOE_OK)
+                st = w;
+        }
+    }
+    return st;
+}
+
+/* ---- coarse: chunks of local experts, one all-to-all each ---------------- */
+
+/* Element counts and displacements, per peer, of local experts [l0, l1)
+** within rows laid out by `seg_off` (segment (p, l) = seg_off[p*El + l]). */
+static void chunk_splits(const int32_t *seg_off, int P, int El, int l0, int l1, int C, size_t *cnt, size_t *dsp)
+{
+    for (int p = 0; p < P; p++) {
+        int a = seg_off[p * El + l0], b = seg_off[p * El + l1];
+        cnt[p] = (size_t)(b - a) * C;
+        dsp[p] = (size_t)a * C;
+    }
+}
+
+static moe_status coarse_pass(const pass *a)
+{
+    moe_ep_layer *s = a->s;
+    int P = a->map->ep_size, El = a->map->E_local, C = a->C;
+    int d = s->chunks > 0 ? s->chunks : 4;
+    if (d > El)
+        d = El;
+    /* slot-ordered offsets of the sending side: slot (p, l) */
+    int32_t send_off[P * El + 1];
+    send_off[0] = 0;
+    for (int g = 0; g < P * El; g++)
+        send_off[g + 1] = send_off[g] + s->send_counts[g];
+    size_t sc[d][P], sd[d][P], rc[d][P], rd[d][P];
+    moe_request *in[d], *back[d];
+    moe_status st = MOE_OK;
+    for (int c = 0; c < d; c++) {
+        in[c] = back[c] = NULL;
+        int l0 = El * c / d, l1 = El * (c + 1) / d;
+        chunk_splits(send_off, P, El, l0, l1, C, sc[c], sd[c]);
+        chunk_splits(s->offsets, P, El, l0, l1, C, rc[c], rd[c]);
+        maybe_delay(s);
+        if (st == MOE_OK)
+            st = moe_ialltoallv(a->ep, a->src, sc[c], sd[c], a->dst, rc[c], rd[c], MOE_DT_F32, &in[c]);
+    }
+    for (int c = 0; c < d && st == MOE_OK; c++) {
+        int l0 = El * c / d, l1 = El * (c + 1) / d;
+        st = moe_wait(&in[c]);
+        for (int p = 0; p < P && st == MOE_OK; p++) {
+            int g0 = p * El + l0;
+            if (!a->backward)
+                moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, a->w13, a->w2, s->offsets + g0,
+                                             s->seg_expert + g0, l1 - l0, C, a->F);
+            else
+                moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
+                                           s->seg_expert + g0, l1 - l0, C, a->F);
+        }
+        if (st == MOE_OK)
+            st = moe_ialltoallv(a->ep, a->res, rc[c], rd[c], a->out, sc[c], sd[c], MOE_DT_F32, &back[c]);
+    }
+    for (int c = 0; c < d; c++) {
+        moe_status w1 = moe_wait(&in[c]), w2 = moe_wait(&back[c]);
+        if (st == MOE_OK)
+            st = w1 != MOE_OK ? w1 : w2;
+    }
+    return st;
+}
+
+/* ---- the layer ------------------------------------------------------------ */
+
+moe_status moe_ep_forward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *x,
+                                  const int32_t *row_token, float *xs, const int32_t *slot_offsets, int C, int F,
+                                  const float *w13, const float *w2, float *ys)
+{
+    MOE_TRY(moe_ep_exchange_counts(s, ep, map, slot_offsets, C, F));
+    /* every peer's rows gathered into slot order first: the sends read them in place */
+    size_t rows = 0;
+    for (int p = 0; p < map->ep_size; p++)
+        rows += s->send_rows[p];
+    moe_permute_forward(xs, x, row_token, (int)rows, C);
+    pass a = {s, ep, map, C, F, 0, xs, s->xr, s->ye, ys, w13, w2};
+    return s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a);
+}
+
+moe_status moe_ep_backward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *map, const float *dys,
+                                   int C, int F, const float *w13, const float *w2, float *dw13, float *dw2,
+                                   float *dxs)
+{
+    moe_ep_refresh_splits(s, map->ep_size, C);
+    pass a = {s, ep, map, C, F, 1, dys, s->ye, s->dx, dxs, w13, w2};
+    MOE_TRY(s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a));
+    /* weight gradients once, every segment in order: independent of arrival order */
+    int segs = map->ep_size * map->E_local;
+    moe_experts_wgrad_segments(dw13, dw2, s->ye, s->xr, s->dh13, s->act, s->offsets, s->seg_expert, segs, C, F);
+    return MOE_OK;
+}
