@@ -6,6 +6,7 @@
 #include "layers/experts.h"
 #include "parallel/ep_internal.h"
 #include "runtime/base/mem.h"
+#include "runtime/base/timer.h"
 
 static moe_status map_alloc(moe_expert_map *m, int E, int ep_size, int ep_rank)
 {
@@ -230,7 +231,9 @@ moe_status moe_ep_forward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *m
         return moe_ep_forward_overlap(s, ep, map, x, row_token, xs, slot_offsets, C, F, w13, w2, ys);
     int segs = map->ep_size * map->E_local;
     MOE_TRY(moe_ep_dispatch(s, ep, map, x, row_token, xs, slot_offsets, C, F));
+    double t0 = moe_now();
     moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, w13, w2, s->offsets, s->seg_expert, segs, C, F);
+    s->compute_s = moe_now() - t0;
     return moe_ep_combine(s, ep, map, s->ye, C, ys);
 }
 
@@ -244,7 +247,9 @@ moe_status moe_ep_backward(moe_ep_layer *s, moe_comm *ep, const moe_expert_map *
     int segs = map->ep_size * map->E_local;
     /* forward kept xr, h13 and act; ye is free to hold the row gradients */
     MOE_TRY(moe_ep_dispatch_again(s, ep, map, dys, C, s->ye));
+    double t0 = moe_now();
     moe_experts_backward_segments(s->dx, dw13, dw2, s->dh13, s->dact, s->ye, s->xr, s->h13, s->act, w13, w2,
                                   s->offsets, s->seg_expert, segs, C, F);
+    s->compute_s = moe_now() - t0;
     return moe_ep_combine(s, ep, map, s->dx, C, dxs);
 }

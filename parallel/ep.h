@@ -63,6 +63,7 @@ typedef enum { MOE_EP_NONE = 0, MOE_EP_COARSE = 1, MOE_EP_FINE = 2 } moe_ep_over
 typedef struct {
     int overlap; /* moe_ep_overlap, set by the owner (0: none) */
     int chunks;  /* coarse: chunks of local experts (0: 4; at most E_local) */
+    double compute_s; /* seconds of expert GEMMs (all threads) in the last forward or backward */
     int delay_us; /* tests: coarse and fine sleep up to this long (pseudo-random) before
                      each send, so messages land in ever-changing orders */
     unsigned delay_state;

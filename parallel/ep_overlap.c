@@ -30,6 +30,7 @@
 
 #include "layers/experts.h"
 #include "parallel/ep_internal.h"
+#include "runtime/base/timer.h"
 
 #define EP_FINE_TAG 0x4551
 #define EP_BACK_TAG 0x4552
@@ -51,17 +52,20 @@ typedef struct {
     const float *w13, *w2;
 } pass;
 
-/* The task of source p: the expert forward, or the data gradients, of its segments. */
-static void run_source(const pass *a, int p)
+/* The task of source p: the expert forward, or the data gradients, of its
+** segments. Returns the seconds it took. */
+static double run_source(const pass *a, int p)
 {
     moe_ep_layer *s = a->s;
     int El = a->map->E_local, g0 = p * El;
+    double t0 = moe_now();
     if (!a->backward)
         moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, a->w13, a->w2, s->offsets + g0,
                                      s->seg_expert + g0, El, a->C, a->F);
     else
         moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
                                    s->seg_expert + g0, El, a->C, a->F);
+    return moe_now() - t0;
 }
 
 /* The test hook of ep.h (delay_us): a pseudo-random pause before a send. */
@@ -169,7 +173,7 @@ static moe_status fine_run_serial(const pass *a, fine_state *f)
         MOE_TRY(fine_progress(a, f, &finished));
         int p = fine_claim(a, f);
         if (p >= 0) {
-            run_source(a, p);
+            a->s->compute_s += run_source(a, p);
             atomic_store_explicit(&f->done[p], 1, memory_order_release);
         } else if (p == -2) {
             sched_yield();
@@ -200,6 +204,7 @@ static moe_status fine_run_threaded(const pass *a, fine_state *f, int nt)
             if (st != MOE_OK) /* let the compute threads out: nothing more will arrive */
                 atomic_store(&failed, 1);
         } else {
+            double busy = 0;
             while (!atomic_load(&failed)) {
                 int p = fine_claim(a, f);
                 if (p == -1)
@@ -208,9 +213,11 @@ static moe_status fine_run_threaded(const pass *a, fine_state *f, int nt)
                     sched_yield();
                     continue;
                 }
-                run_source(a, p);
+                busy += run_source(a, p);
                 atomic_store_explicit(&f->done[p], 1, memory_order_release);
             }
+#pragma omp atomic
+            a->s->compute_s += busy;
         }
     }
     return st;
@@ -286,6 +293,7 @@ static moe_status coarse_pass(const pass *a)
     for (int c = 0; c < d && st == MOE_OK; c++) {
         int l0 = El * c / d, l1 = El * (c + 1) / d;
         st = moe_wait(&in[c]);
+        double t0 = moe_now();
         for (int p = 0; p < P && st == MOE_OK; p++) {
             int g0 = p * El + l0;
             if (!a->backward)
@@ -295,6 +303,7 @@ static moe_status coarse_pass(const pass *a)
                 moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
                                            s->seg_expert + g0, l1 - l0, C, a->F);
         }
+        s->compute_s += moe_now() - t0;
         if (st == MOE_OK)
             st = moe_ialltoallv(a->ep, a->res, rc[c], rd[c], a->out, sc[c], sd[c], MOE_DT_F32, &back[c]);
     }
@@ -319,6 +328,7 @@ moe_status moe_ep_forward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_exper
         rows += s->send_rows[p];
     moe_permute_forward(xs, x, row_token, (int)rows, C);
     pass a = {s, ep, map, C, F, 0, xs, s->xr, s->ye, ys, w13, w2};
+    s->compute_s = 0;
     return s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a);
 }
 
@@ -328,9 +338,12 @@ moe_status moe_ep_backward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_expe
 {
     moe_ep_refresh_splits(s, map->ep_size, C);
     pass a = {s, ep, map, C, F, 1, dys, s->ye, s->dx, dxs, w13, w2};
+    s->compute_s = 0;
     MOE_TRY(s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a));
     /* weight gradients once, every segment in order: independent of arrival order */
     int segs = map->ep_size * map->E_local;
+    double t0 = moe_now();
     moe_experts_wgrad_segments(dw13, dw2, s->ye, s->xr, s->dh13, s->act, s->offsets, s->seg_expert, segs, C, F);
+    s->compute_s += moe_now() - t0;
     return MOE_OK;
 }
