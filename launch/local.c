@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -39,14 +40,41 @@ static moe_status prepare_run_dir(const moe_config *c, char *config_path, size_t
     return moe_config_save(c, config_path);
 }
 
+/* MOE_MPIRUN: a command that starts ranks elsewhere and takes mpirun's
+** "-np N -- PROGRAM ARGS" form (scripts/emu/emu.sh --prefix P mpirun runs
+** them on emulated hosts). Its words go first; the ranks' threads come from
+** OMP_NUM_THREADS in the launcher's environment, which it forwards. */
+static int custom_launcher(const moe_config *c, char **argv, char *threads_env, size_t cap)
+{
+    static char words[1024];
+    const char *env = getenv("MOE_MPIRUN");
+    if (!env || !*env || c->nproc <= 1)
+        return 0;
+    snprintf(words, sizeof words, "%s", env);
+    int n = 0;
+    for (char *save = NULL, *w = strtok_r(words, " \t", &save); w && n < 16; w = strtok_r(NULL, " \t", &save))
+        argv[n++] = w;
+    static char np[16];
+    snprintf(np, sizeof np, "%d", c->nproc);
+    argv[n++] = "-np";
+    argv[n++] = np;
+    argv[n++] = "--";
+    if (c->num_threads > 0 && !getenv("OMP_NUM_THREADS")) {
+        snprintf(threads_env, cap, "%d", c->num_threads);
+        setenv("OMP_NUM_THREADS", threads_env, 1);
+    }
+    return n;
+}
+
 /* argv for the workers: moe-worker alone for one rank (MPI singleton), or
-** under mpirun. More ranks than cores oversubscribe: ranks yield when idle
-** and get cores/N compute threads each unless num-threads says otherwise. */
+** under mpirun (or MOE_MPIRUN). More ranks than cores oversubscribe: ranks
+** yield when idle and get cores/N compute threads each unless num-threads
+** says otherwise. */
 static int build_argv(const moe_config *c, const char *worker, const char *config_path, char **argv,
                       char *threads_env, size_t cap)
 {
-    int n = 0;
-    if (c->nproc > 1) {
+    int n = custom_launcher(c, argv, threads_env, cap);
+    if (c->nproc > 1 && n == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         int over = c->nproc > cores;
         argv[n++] = "mpirun";

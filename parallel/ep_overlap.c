@@ -3,9 +3,10 @@
 ** (--moe-overlap coarse|fine; ep.h has the contract).
 **
 ** coarse (Tutel-like): the local experts are cut into d chunks; each chunk's
-** rows go out in their own non-blocking all-to-all(v), all posted at once;
-** chunk c computes as soon as its all-to-all completes and its results go
-** home in another all-to-all(v) while chunk c+1 computes.
+** rows go out in their own all-to-all (non-blocking point-to-point to every
+** peer: Open MPI's non-blocking collectives progress far slower), all posted
+** at once; chunk c computes once all of its rows are in and its results go
+** home in another all-to-all while chunk c+1 computes.
 **
 ** fine (Comet-like, arrival-driven): one message per (source rank), posted
 ** at once; the local rows compute first, then each source's rows as they
@@ -34,6 +35,7 @@
 
 #define EP_FINE_TAG 0x4551
 #define EP_BACK_TAG 0x4552
+#define EP_COARSE_TAG 0x4600 /* + 2 * chunk, + 1 for results */
 
 /* ---- fine: per-source tasks ----------------------------------------------- */
 
@@ -266,6 +268,35 @@ static void chunk_splits(const int32_t *seg_off, int P, int El, int l0, int l1, 
     }
 }
 
+/* Posts chunk c's messages of one direction: to each peer p, cnt_out[p]
+** floats from `from` at dsp_out[p]; from each, cnt_in[p] into `to` at
+** dsp_in[p]. The own part is a copy. */
+static moe_status chunk_post(const pass *a, const size_t *cnt_out, const size_t *dsp_out, const float *from,
+                             const size_t *cnt_in, const size_t *dsp_in, float *to, int tag, moe_request **rq)
+{
+    int P = a->map->ep_size, me = a->map->ep_rank;
+    for (int p = 0; p < P; p++)
+        if (p != me && cnt_in[p])
+            MOE_TRY(moe_irecv(a->ep, to + dsp_in[p], cnt_in[p], MOE_DT_F32, p, tag, &rq[p]));
+    for (int i = 1; i < P; i++) {
+        int p = source_at(a->map, i);
+        if (cnt_out[p])
+            MOE_TRY(moe_isend(a->ep, from + dsp_out[p], cnt_out[p], MOE_DT_F32, p, tag, &rq[P + p]));
+    }
+    memcpy(to + dsp_in[me], from + dsp_out[me], cnt_out[me] * sizeof(float));
+    return MOE_OK;
+}
+
+static moe_status wait_all(moe_request **rq, int n, moe_status st)
+{
+    for (int i = 0; i < n; i++) { /* everything posted completes, even after a failure */
+        moe_status w = moe_wait(&rq[i]);
+        if (st == MOE_OK)
+            st = w;
+    }
+    return st;
+}
+
 static moe_status coarse_pass(const pass *a)
 {
     moe_ep_layer *s = a->s;
@@ -279,20 +310,20 @@ static moe_status coarse_pass(const pass *a)
     for (int g = 0; g < P * El; g++)
         send_off[g + 1] = send_off[g] + s->send_counts[g];
     size_t sc[d][P], sd[d][P], rc[d][P], rd[d][P];
-    moe_request *in[d], *back[d];
+    moe_request *in[d][2 * P], *back[d][2 * P];
+    memset(in, 0, sizeof in);
+    memset(back, 0, sizeof back);
     moe_status st = MOE_OK;
-    for (int c = 0; c < d; c++) {
-        in[c] = back[c] = NULL;
+    for (int c = 0; c < d && st == MOE_OK; c++) { /* every chunk's rows on the wire at once */
         int l0 = El * c / d, l1 = El * (c + 1) / d;
         chunk_splits(send_off, P, El, l0, l1, C, sc[c], sd[c]);
         chunk_splits(s->offsets, P, El, l0, l1, C, rc[c], rd[c]);
         maybe_delay(s);
-        if (st == MOE_OK)
-            st = moe_ialltoallv(a->ep, a->src, sc[c], sd[c], a->dst, rc[c], rd[c], MOE_DT_F32, &in[c]);
+        st = chunk_post(a, sc[c], sd[c], a->src, rc[c], rd[c], a->dst, EP_COARSE_TAG + 2 * c, in[c]);
     }
     for (int c = 0; c < d && st == MOE_OK; c++) {
         int l0 = El * c / d, l1 = El * (c + 1) / d;
-        st = moe_wait(&in[c]);
+        st = wait_all(in[c], 2 * P, st);
         double t0 = moe_now();
         for (int p = 0; p < P && st == MOE_OK; p++) {
             int g0 = p * El + l0;
@@ -304,13 +335,12 @@ static moe_status coarse_pass(const pass *a)
                                            s->seg_expert + g0, l1 - l0, C, a->F);
         }
         s->compute_s += moe_now() - t0;
-        if (st == MOE_OK)
-            st = moe_ialltoallv(a->ep, a->res, rc[c], rd[c], a->out, sc[c], sd[c], MOE_DT_F32, &back[c]);
+        if (st == MOE_OK) /* results home while the next chunk computes */
+            st = chunk_post(a, rc[c], rd[c], a->res, sc[c], sd[c], a->out, EP_COARSE_TAG + 2 * c + 1, back[c]);
     }
     for (int c = 0; c < d; c++) {
-        moe_status w1 = moe_wait(&in[c]), w2 = moe_wait(&back[c]);
-        if (st == MOE_OK)
-            st = w1 != MOE_OK ? w1 : w2;
+        st = wait_all(in[c], 2 * P, st);
+        st = wait_all(back[c], 2 * P, st);
     }
     return st;
 }

@@ -117,7 +117,7 @@ const moe_cfg_key moe_cfg_keys[] = {
     BOOL("use-distributed-optimizer", use_distributed_optimizer, "false",
          "shard optimizer state across data-parallel ranks"),
     ENUM("moe-overlap", moe_overlap, overlap_modes, "none",
-         "overlap expert all-to-all with compute: none, coarse (per layer), fine (per chunk)"),
+         "overlap expert all-to-all with compute: none, coarse (expert chunks), fine (per source, on arrival)"),
     STR("trace-routing", trace_routing, "", "record routing (tokens per expert per rank, layer transitions) here"),
     INT("trace-window", trace_window, 1, INT_MAX, "100", "training steps summed into one routing-trace window"),
     STR("expert-placement", expert_placement, "",
