@@ -59,8 +59,17 @@ static inline int moe_expert_slot(const moe_expert_map *m, int e)
 ** bit-identical outputs and gradients. */
 typedef enum { MOE_EP_NONE = 0, MOE_EP_COARSE = 1, MOE_EP_FINE = 2 } moe_ep_overlap;
 
+/* Timeline hook (benchmarks): called by coarse and fine with what happened
+** ("compute" a source's or chunk's GEMMs from t0 to t1, "arrived" when a
+** source's rows were seen complete, "sent" when its results left; t0 == t1
+** for instants), the source rank or chunk, and moe_now() times. It may be
+** called from a compute thread; it must be thread-safe. */
+typedef void (*moe_ep_event_fn)(void *ctx, const char *what, int source, double t0, double t1);
+
 /* One MoE layer's dispatch state: what forward leaves for backward. */
 typedef struct {
+    moe_ep_event_fn on_event; /* NULL: no timeline */
+    void *event_ctx;
     int overlap; /* moe_ep_overlap, set by the owner (0: none) */
     int chunks;  /* coarse: chunks of local experts (0: 4; at most E_local) */
     double compute_s; /* seconds of expert GEMMs (all threads) in the last forward or backward */

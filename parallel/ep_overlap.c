@@ -67,7 +67,10 @@ static double run_source(const pass *a, int p)
     else
         moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
                                    s->seg_expert + g0, El, a->C, a->F);
-    return moe_now() - t0;
+    double t1 = moe_now();
+    if (s->on_event)
+        s->on_event(s->event_ctx, "compute", p, t0, t1);
+    return t1 - t0;
 }
 
 /* The test hook of ep.h (delay_us): a pseudo-random pause before a send. */
@@ -121,8 +124,13 @@ static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
         int p = source_at(a->map, i), ok = 1;
         if (!atomic_load_explicit(&f->arrived[p], memory_order_relaxed)) {
             MOE_TRY(moe_test(&f->in[p], &ok));
-            if (ok)
+            if (ok) {
                 atomic_store_explicit(&f->arrived[p], 1, memory_order_release);
+                if (s->on_event) {
+                    double t = moe_now();
+                    s->on_event(s->event_ctx, "arrived", p, t, t);
+                }
+            }
         }
         if (!f->sent[p] && atomic_load_explicit(&f->done[p], memory_order_acquire)) {
             if (p == me)
@@ -132,6 +140,10 @@ static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
                 MOE_TRY(moe_isend(a->ep, a->res + s->rd[p], s->rc[p], MOE_DT_F32, p, EP_BACK_TAG, &f->ret[p]));
             }
             f->sent[p] = 1;
+            if (s->on_event) {
+                double t = moe_now();
+                s->on_event(s->event_ctx, "sent", p, t, t);
+            }
         }
         left += !f->sent[p];
     }
@@ -334,7 +346,10 @@ static moe_status coarse_pass(const pass *a)
                 moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
                                            s->seg_expert + g0, l1 - l0, C, a->F);
         }
-        s->compute_s += moe_now() - t0;
+        double t1 = moe_now();
+        s->compute_s += t1 - t0;
+        if (s->on_event)
+            s->on_event(s->event_ctx, "compute", c, t0, t1);
         if (st == MOE_OK) /* results home while the next chunk computes */
             st = chunk_post(a, rc[c], rd[c], a->res, sc[c], sd[c], a->out, EP_COARSE_TAG + 2 * c + 1, back[c]);
     }
