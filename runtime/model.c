@@ -75,9 +75,9 @@ static void build_table(moe_model *m)
     m->ntable = 0;
     m->nparams = 0;
     m->emb_copy = -1;
-    if (m->first_stage)
+    if (m->has_emb)
         add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
-    for (int l = m->l0; l < m->l1; l++) {
+    MOE_FOR_STAGE_LAYERS(m, l) {
         if (m->layer_first)
             m->layer_first[l] = m->ntable;
 #define P(suffix, nd, shape, decay, expert, grad, cut)                         \
@@ -107,12 +107,12 @@ static void build_table(moe_model *m)
             m->layer_count[l] = m->ntable - m->layer_first[l];
     }
     m->head_first = m->ntable;
-    if (!m->last_stage)
+    if (!m->has_head)
         return;
     add_param(m, "final_norm.weight", 1, SHAPE(m->C), 0, 0, norm_grad, whole());
     if (!tied)
         add_param(m, "lm_head.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
-    else if (!m->first_stage) { /* the tied embedding's copy */
+    else if (!m->has_emb) { /* the tied embedding's copy */
         m->emb_copy = m->ntable;
         add_param(m, "embedding.weight", 2, SHAPE(m->V, m->C), 1, 0, MOE_GRAD_DP, vocab);
     }
@@ -126,9 +126,9 @@ static void point_tensors(moe_model *m, float *base, moe_layer_ptrs *lp, float *
     const moe_param_info *t = m->table;
     int i = 0;
     *wte = *final_norm = *lm_head = NULL;
-    if (m->first_stage)
+    if (m->has_emb)
         *wte = base + t[i++].offset;
-    for (int l = m->l0; l < m->l1; l++) {
+    MOE_FOR_STAGE_LAYERS(m, l) {
         moe_layer_ptrs *p = &lp[l];
         memset(p, 0, sizeof *p);
         p->attn_norm = base + t[i++].offset;
@@ -148,7 +148,7 @@ static void point_tensors(moe_model *m, float *base, moe_layer_ptrs *lp, float *
             p->mlp_w2 = base + t[i++].offset;
         }
     }
-    if (!m->last_stage)
+    if (!m->has_head)
         return;
     *final_norm = base + t[i++].offset;
     *lm_head = i < m->ntable ? base + t[i++].offset : *wte; /* untied, or the tied copy */
@@ -168,7 +168,7 @@ static moe_status carve_slot(moe_model *m, moe_arena *a, moe_mb_state *mb)
     size_t C = m->C, R = (size_t)m->capacity_rows, E = m->E, K = m->K;
     size_t QKVl = m->QKVl, Ya = (size_t)m->NHl * m->HD, heads = (size_t)m->maxB * m->NHl * m->Tl;
     int ring = m->CPn > 1;
-    for (int l = m->l0; l < m->l1; l++) {
+    MOE_FOR_STAGE_LAYERS(m, l) {
         moe_layer_acts *s = &mb->acts[l];
         F32(s->x_in, Nres * C);
         F32(s->h1, Ncp * C);
@@ -214,7 +214,7 @@ static moe_status carve_slot(moe_model *m, moe_arena *a, moe_mb_state *mb)
     }
     F32(mb->x_final, Nres * C);
     I32(mb->tokens, Ncp);
-    if (m->last_stage) {
+    if (m->has_head) {
         F32(mb->hf, Ncp * C);
         F32(mb->rstdf, Nres);
         F32(mb->logits, Ncp * m->Vl);
@@ -345,10 +345,17 @@ static moe_status set_dims(moe_model *m, int max_batch)
     if (m->L % m->PPn || m->pp_rank < 0 || m->pp_rank >= m->PPn)
         return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by the pipeline-parallel size (%d)", m->L,
                         m->PPn);
-    m->l0 = m->L / m->PPn * m->pp_rank;
-    m->l1 = m->l0 + m->L / m->PPn;
-    m->first_stage = m->pp_rank == 0;
-    m->last_stage = m->pp_rank == m->PPn - 1;
+    m->nchunks = p->vpp > 1 ? p->vpp : 1;
+    int per = m->L / (m->PPn * m->nchunks);
+    if (m->nchunks > MOE_MAX_VPP || per * m->PPn * m->nchunks != m->L)
+        return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by pipeline-parallel size x virtual "
+                        "stages per rank (%d x %d, at most %d virtual stages)", m->L, m->PPn, m->nchunks, MOE_MAX_VPP);
+    for (int k = 0; k < m->nchunks; k++) { /* virtual stage k*P + s, as Megatron numbers them */
+        m->cl0[k] = (k * m->PPn + m->pp_rank) * per;
+        m->cl1[k] = m->cl0[k] + per;
+    }
+    m->has_emb = m->pp_rank == 0;
+    m->has_head = m->pp_rank == m->PPn - 1;
     m->nslots = p->slots > 1 ? p->slots : 1;
     m->v0 = (int)((int64_t)m->V * m->tp_rank / tp);
     m->Vl = (int)((int64_t)m->V * (m->tp_rank + 1) / tp) - m->v0;
@@ -452,6 +459,7 @@ moe_status moe_model_create_parallel(moe_model **out, const moe_config *cfg, int
     MOE_TRY_GOTO(carve_acts(m, &m->arena), st, fail);
     MOE_TRY_GOTO(rope_at_positions(m), st, fail);
     MOE_TRY_GOTO(moe_model_set_slot(m, 0), st, fail);
+    MOE_TRY_GOTO(moe_model_set_chunk(m, 0), st, fail);
     *out = m;
     return MOE_OK;
 fail:
@@ -514,7 +522,7 @@ static const moe_expert_map *entry_map(const moe_model *m, int i)
 {
     if (!m->par.ep)
         return NULL;
-    for (int l = m->l0; l < m->l1; l++)
+    MOE_FOR_STAGE_LAYERS(m, l)
         if (i >= m->layer_first[l] && i < m->layer_first[l] + m->layer_count[l] && m->moe_index[l] >= 0)
             return &m->par.maps[m->moe_index[l]];
     return NULL;
@@ -731,6 +739,20 @@ moe_status moe_model_set_slot(moe_model *m, int slot)
     return MOE_OK;
 }
 
+moe_status moe_model_set_chunk(moe_model *m, int chunk)
+{
+    if (chunk < 0 || chunk >= m->nchunks)
+        return moe_fail(MOE_ERR_INTERNAL, "model chunk %d of %d", chunk, m->nchunks);
+    m->chunk = chunk;
+    m->l0 = m->cl0[chunk];
+    m->l1 = m->cl1[chunk];
+    m->first_stage = m->has_emb && chunk == 0;
+    m->last_stage = m->has_head && chunk == m->nchunks - 1;
+    return MOE_OK;
+}
+
+int moe_model_chunks(const moe_model *m) { return m->nchunks; }
+
 float *moe_model_pp_input(moe_model *m) { return m->acts[m->l0].x_in; }
 const float *moe_model_pp_output(moe_model *m) { return m->x_final; }
 float *moe_model_pp_grad(moe_model *m) { return m->dres; }
@@ -743,7 +765,7 @@ size_t moe_model_pp_numel(const moe_model *m, int B)
 
 float *moe_model_emb_grad(moe_model *m, size_t *n)
 {
-    int i = m->emb_copy >= 0 ? m->emb_copy : (m->PPn > 1 && m->first_stage && !m->cfg.untie_embeddings_and_output_weights ? 0 : -1);
+    int i = m->emb_copy >= 0 ? m->emb_copy : (m->PPn > 1 && m->has_emb && !m->cfg.untie_embeddings_and_output_weights ? 0 : -1);
     *n = i >= 0 ? m->table[i].numel : 0;
     return i >= 0 ? m->grads + m->table[i].offset : NULL;
 }

@@ -138,6 +138,7 @@ typedef struct {
     moe_comm *tp_dp_cp; /* MOE_GRAD_TP_DP gradients */
     int sequence_parallel;
     int pp_rank, pp_size; /* this rank's pipeline stage (0, 1: no pipeline) */
+    int vpp;              /* model chunks (virtual stages) per stage (0 or 1: one) */
     int slots;            /* micro-batches in flight at once (0 or 1: one) */
 } moe_model_par;
 
@@ -226,6 +227,12 @@ size_t moe_param_piece_numel(const moe_param_info *p, int part);
 ** moe_model_pp_numel floats (this rank's residual rows x hidden size).
 */
 moe_status moe_model_set_slot(moe_model *m, int slot);
+/* Interleaved pipeline: stage s holds vpp chunks, chunk k = virtual stage
+** k*P + s = layers [(k*P + s)*L/(P*vpp), ...+L/(P*vpp)). Forward and
+** backward run the current chunk; the first chunk of stage 0 embeds, the
+** last chunk of the last stage computes the loss. */
+moe_status moe_model_set_chunk(moe_model *m, int chunk);
+int moe_model_chunks(const moe_model *m);
 float *moe_model_pp_input(moe_model *m);
 const float *moe_model_pp_output(moe_model *m);
 float *moe_model_pp_grad(moe_model *m);

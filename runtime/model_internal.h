@@ -45,6 +45,12 @@ typedef struct {
 } moe_layer_acts;
 
 #define MOE_MAX_SYNC_REQS 1024
+#define MOE_MAX_VPP 16 /* model chunks per pipeline stage */
+
+/* Every layer of this stage, chunk by chunk. */
+#define MOE_FOR_STAGE_LAYERS(m, l)                                             \
+    for (int k_ = 0; k_ < (m)->nchunks; k_++)                                  \
+        for (int l = (m)->cl0[k_]; l < (m)->cl1[k_]; l++)
 
 /* What one micro-batch in flight keeps from its forward until its backward
 ** (pipeline parallelism keeps several; moe_model_set_slot picks one). */
@@ -74,7 +80,13 @@ struct moe_model {
     int L, C, NH, NKV, HD, QKV, V, E, K, F, Fs, Fd, T, maxB;
     /* parallel sizes and this rank's coordinates */
     int TPn, tp_rank, CPn, cp_rank, ETPn, etp_rank, sp;
-    int PPn, pp_rank, l0, l1, first_stage, last_stage; /* this stage holds layers [l0, l1) */
+    /* pipeline: this stage holds `nchunks` model chunks (virtual stages
+    ** k*P + pp_rank), chunk k layers [cl0[k], cl1[k]); [l0, l1) is the
+    ** current chunk's (moe_model_set_chunk). has_emb / has_head: the table
+    ** holds the embedding (stage 0) / final norm and LM head (last stage);
+    ** first_stage / last_stage: the current chunk embeds / computes the loss */
+    int PPn, pp_rank, nchunks, chunk, l0, l1, first_stage, last_stage, has_emb, has_head;
+    int cl0[MOE_MAX_VPP], cl1[MOE_MAX_VPP];
     int nslots, slot;     /* micro-batch states, the current one */
     moe_mb_state *mb;     /* [nslots] */
     int head_first;       /* table entries [head_first, ntable) follow the layers */

@@ -148,7 +148,7 @@ moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale)
         return moe_fail(MOE_ERR_INTERNAL, "backward without a forward");
     if (m->last_stage) /* else the caller put d(output) in dres */
         MOE_TRY(head_backward(m, lm_scale));
-    if (m->sync_on && m->ntable > m->head_first)
+    if (m->sync_on && m->last_stage && m->ntable > m->head_first)
         MOE_TRY(moe_model_sync_tensors(m, m->head_first, m->ntable - m->head_first));
     for (int l = m->l1 - 1; l >= m->l0; l--) {
         MOE_TRY(moe_ffn_backward(m, l, aux_scale));

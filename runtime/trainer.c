@@ -15,7 +15,9 @@ struct moe_trainer {
     moe_distopt *dopt; /* NULL unless the distributed optimizer runs */
     /* pipeline: the schedule and per-slot send buffers */
     moe_pp_action *sched;
-    int nsched, nslots;
+    int nsched, nslots, vpp, micro;
+    int *slot_of;              /* [micro * vpp + chunk]: the activation slot of an in-flight forward */
+    int *free_slots, nfree;    /* slots not holding a forward's activations */
     float *fwd_msg, *bwd_msg;  /* [nslots][msg] */
     float *emb_peer;           /* the other stage's tied-embedding gradient */
     moe_request **fwd_req, **bwd_req;
@@ -64,11 +66,15 @@ static moe_status distopt_init(moe_trainer *t)
 
 static moe_status pipeline_init(moe_trainer *t, int micro, int slots)
 {
-    t->nsched = 2 * micro;
+    t->vpp = moe_model_chunks(t->model);
+    t->micro = micro;
+    t->nsched = 2 * micro * t->vpp;
     t->nslots = slots;
     t->msg = moe_model_pp_numel(t->model, t->cfg.micro_batch_size);
     MOE_TRY(moe_alloc((void **)&t->sched, sizeof *t->sched * (size_t)t->nsched, "pipeline schedule"));
-    MOE_TRY(moe_pp_schedule(t->par.pp_size, t->par.pp_rank, micro, 1, t->sched));
+    MOE_TRY(moe_pp_schedule(t->par.pp_size, t->par.pp_rank, micro, t->vpp, t->sched));
+    MOE_TRY(moe_alloc((void **)&t->slot_of, sizeof(int) * (size_t)micro * t->vpp, "pipeline slots"));
+    MOE_TRY(moe_alloc((void **)&t->free_slots, sizeof(int) * (size_t)slots, "pipeline slots"));
     MOE_TRY(moe_alloc((void **)&t->fwd_msg, sizeof(float) * t->msg * (size_t)slots, "pipeline messages"));
     MOE_TRY(moe_alloc((void **)&t->bwd_msg, sizeof(float) * t->msg * (size_t)slots, "pipeline messages"));
     MOE_TRY(moe_alloc((void **)&t->fwd_req, sizeof *t->fwd_req * (size_t)slots, "pipeline requests"));
@@ -106,10 +112,16 @@ moe_status moe_trainer_create_parallel(moe_trainer **out, const moe_config *cfg,
         MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "global-batch-size (%d) must be divisible by micro-batch-size x data-parallel size (%d x %d)",
                               t->cfg.global_batch_size, t->cfg.micro_batch_size, t->par.dp_size), st, fail);
     int micro = t->cfg.global_batch_size / (t->cfg.micro_batch_size * t->par.dp_size);
-    int slots = t->par.pp_size > 1 ? moe_pp_max_in_flight(t->par.pp_size, t->par.pp_rank, micro, 1) : 1;
+    int vpp = t->par.pp_size > 1 && t->cfg.num_layers_per_virtual_pipeline_stage > 0
+                  ? t->cfg.num_layers / (t->par.pp_size * t->cfg.num_layers_per_virtual_pipeline_stage)
+                  : 1;
+    if (vpp > 1 && micro % t->par.pp_size)
+        MOE_TRY_GOTO(moe_fail(MOE_ERR_USAGE, "the interleaved pipeline needs micro-batches per data-parallel rank "
+                              "(%d) divisible by pipeline-model-parallel-size (%d)", micro, t->par.pp_size), st, fail);
+    int slots = t->par.pp_size > 1 ? moe_pp_max_in_flight(t->par.pp_size, t->par.pp_rank, micro, vpp) : 1;
     moe_model_par mp = {t->par.ep, t->par.maps, t->par.dp_cp, t->par.edp, t->par.tp, t->par.cp, t->par.etp,
                         t->par.tp_cp, t->par.tp_dp_cp, t->cfg.sequence_parallel, t->par.pp_rank, t->par.pp_size,
-                        slots};
+                        vpp, slots};
     MOE_TRY_GOTO(moe_model_create_parallel(&t->model, &t->cfg, t->cfg.micro_batch_size, &mp), st, fail);
     if (t->par.pp_size > 1)
         MOE_TRY_GOTO(pipeline_init(t, micro, slots), st, fail);
@@ -135,6 +147,8 @@ void moe_trainer_free(moe_trainer *t)
     moe_adamw_free(&t->opt);
     moe_distopt_free(t->dopt);
     moe_free(t->sched);
+    moe_free(t->slot_of);
+    moe_free(t->free_slots);
     moe_free(t->fwd_msg);
     moe_free(t->bwd_msg);
     moe_free(t->emb_peer);
@@ -174,7 +188,7 @@ static moe_status optimizer_step(moe_trainer *t, double lr, double *grad_norm)
     return moe_distopt_step(t->dopt, moe_model_param_data(t->model), &h);
 }
 
-enum { TAG_PP_FWD = 201, TAG_PP_BWD = 202 };
+enum { TAG_PP_FWD = 1000, TAG_PP_BWD = 1001 }; /* + 2 * (micro * vpp + chunk) */
 
 static void add_stats(double sums[3], const moe_fwd_stats *st)
 {
@@ -200,52 +214,85 @@ static moe_status run_micro_batches(moe_trainer *t, const int32_t *inputs, const
     return MOE_OK;
 }
 
-/* One 1F1B action of this stage. Sends are non-blocking; a slot's previous
-** send is waited for before its buffer is written again. */
-static moe_status pipeline_action(moe_trainer *t, const moe_pp_action *a, int last_action, const int32_t *inputs,
+/* The stage a chunk's activations come from (dir -1) or go to (+1): the
+** previous / next virtual stage. */
+static int neighbour(const moe_trainer *t, int dir) { return (t->par.pp_rank + dir + t->par.pp_size) % t->par.pp_size; }
+
+/* Messages are matched by the receiving action's (micro-batch, chunk), so
+** no two can be confused. to: 0 for a receive; +1 / -1 for a send to the
+** next / previous stage, whose chunk differs across the wrap from the last
+** stage to the first. */
+static int pp_tag(const moe_trainer *t, int base, const moe_pp_action *a, int to)
+{
+    int chunk = a->chunk;
+    if (to > 0 && t->par.pp_rank == t->par.pp_size - 1)
+        chunk++;
+    if (to < 0 && t->par.pp_rank == 0)
+        chunk--;
+    return base + 2 * (a->micro * t->vpp + chunk);
+}
+
+/* One action of this stage's schedule. Sends are non-blocking; a slot's
+** previous send is waited for before its buffer is written again. */
+static moe_status pipeline_action(moe_trainer *t, const moe_pp_action *a, const int32_t *inputs,
                                   const int32_t *targets, float lm_scale, float aux_scale, double sums[3])
 {
     moe_model *m = t->model;
     moe_comm *pp = t->par.pp;
-    int s = t->par.pp_rank, P = t->par.pp_size, mb = t->cfg.micro_batch_size, slot = a->micro % t->nslots;
+    int mb = t->cfg.micro_batch_size, key = a->micro * t->vpp + a->chunk;
     size_t off = (size_t)a->micro * mb * t->cfg.seq_length, n = t->msg;
-    MOE_TRY(moe_model_set_slot(m, slot));
+    MOE_TRY(moe_model_set_chunk(m, a->chunk));
+    int first = t->par.pp_rank == 0 && a->chunk == 0;
+    int last = t->par.pp_rank == t->par.pp_size - 1 && a->chunk == t->vpp - 1;
     if (a->kind == MOE_PP_FWD) {
+        if (t->nfree == 0)
+            return moe_fail(MOE_ERR_INTERNAL, "pipeline: more forwards in flight than the %d slots", t->nslots);
+        int slot = t->free_slots[--t->nfree];
+        t->slot_of[key] = slot;
+        MOE_TRY(moe_model_set_slot(m, slot));
         MOE_TRY(moe_wait(&t->fwd_req[slot]));
-        if (s > 0)
-            MOE_TRY(moe_recv(pp, moe_model_pp_input(m), n, MOE_DT_F32, s - 1, TAG_PP_FWD));
+        if (!first)
+            MOE_TRY(moe_recv(pp, moe_model_pp_input(m), n, MOE_DT_F32, neighbour(t, -1), pp_tag(t, TAG_PP_FWD, a, 0)));
         moe_fwd_stats st;
         MOE_TRY(moe_model_forward(m, inputs + off, targets + off, mb, &st));
         add_stats(sums, &st);
-        if (s + 1 < P) {
+        if (!last) {
             float *buf = t->fwd_msg + (size_t)slot * n;
             memcpy(buf, moe_model_pp_output(m), n * sizeof *buf);
-            MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, s + 1, TAG_PP_FWD, &t->fwd_req[slot]));
+            MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, neighbour(t, +1), pp_tag(t, TAG_PP_FWD, a, +1), &t->fwd_req[slot]));
         }
         return MOE_OK;
     }
-    if (s + 1 < P)
-        MOE_TRY(moe_recv(pp, moe_model_pp_grad(m), n, MOE_DT_F32, s + 1, TAG_PP_BWD));
-    moe_model_set_grad_sync(m, !t->dopt && last_action);
+    int slot = t->slot_of[key];
+    MOE_TRY(moe_model_set_slot(m, slot));
+    if (!last)
+        MOE_TRY(moe_recv(pp, moe_model_pp_grad(m), n, MOE_DT_F32, neighbour(t, +1), pp_tag(t, TAG_PP_BWD, a, 0)));
+    /* each chunk's gradients are complete after its last micro-batch */
+    moe_model_set_grad_sync(m, !t->dopt && a->micro == t->micro - 1);
     MOE_TRY(moe_model_backward(m, lm_scale, aux_scale));
-    if (s > 0) {
+    if (!first) {
         MOE_TRY(moe_wait(&t->bwd_req[slot]));
         float *buf = t->bwd_msg + (size_t)slot * n;
         memcpy(buf, moe_model_pp_grad(m), n * sizeof *buf);
-        MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, s - 1, TAG_PP_BWD, &t->bwd_req[slot]));
+        MOE_TRY(moe_isend(pp, buf, n, MOE_DT_F32, neighbour(t, -1), pp_tag(t, TAG_PP_BWD, a, -1), &t->bwd_req[slot]));
     }
+    t->free_slots[t->nfree++] = slot;
     return MOE_OK;
 }
 
 static moe_status run_pipeline(moe_trainer *t, const int32_t *inputs, const int32_t *targets, float lm_scale,
                                float aux_scale, double sums[3])
 {
+    t->nfree = t->nslots;
+    for (int k = 0; k < t->nslots; k++)
+        t->free_slots[k] = t->nslots - 1 - k;
     for (int i = 0; i < t->nsched; i++)
-        MOE_TRY(pipeline_action(t, &t->sched[i], i == t->nsched - 1, inputs, targets, lm_scale, aux_scale, sums));
+        MOE_TRY(pipeline_action(t, &t->sched[i], inputs, targets, lm_scale, aux_scale, sums));
     for (int k = 0; k < t->nslots; k++) {
         MOE_TRY(moe_wait(&t->fwd_req[k]));
         MOE_TRY(moe_wait(&t->bwd_req[k]));
     }
+    MOE_TRY(moe_model_set_chunk(t->model, 0));
     return moe_model_set_slot(t->model, 0);
 }
 
@@ -308,19 +355,27 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
     return MOE_OK;
 }
 
-/* Forward only, stage by stage, one micro-batch at a time. */
+/* Forward only, virtual stage by virtual stage, one micro-batch at a time. */
 static moe_status eval_forward(moe_trainer *t, const int32_t *in, const int32_t *tg, int b, moe_fwd_stats *st)
 {
     moe_model *m = t->model;
-    moe_comm *pp = t->par.pp;
-    int s = t->par.pp_rank, P = t->par.pp_size;
+    int s = t->par.pp_rank, P = t->par.pp_size, V = moe_model_chunks(m);
     size_t n = moe_model_pp_numel(m, b);
-    if (s > 0)
-        MOE_TRY(moe_recv(pp, moe_model_pp_input(m), n, MOE_DT_F32, s - 1, TAG_PP_FWD));
-    MOE_TRY(moe_model_forward(m, in, tg, b, st));
-    if (s + 1 < P)
-        MOE_TRY(moe_send(pp, moe_model_pp_output(m), n, MOE_DT_F32, s + 1, TAG_PP_FWD));
-    return MOE_OK;
+    memset(st, 0, sizeof *st);
+    for (int k = 0; k < V; k++) {
+        moe_fwd_stats one;
+        MOE_TRY(moe_model_set_chunk(m, k));
+        if (s > 0 || k > 0)
+            MOE_TRY(moe_recv(t->par.pp, moe_model_pp_input(m), n, MOE_DT_F32, (s + P - 1) % P, TAG_PP_FWD));
+        MOE_TRY(moe_model_forward(m, in, tg, b, &one));
+        st->lm_loss_sum += one.lm_loss_sum;
+        st->aux_loss += one.aux_loss;
+        st->z_loss += one.z_loss;
+        st->tokens += one.tokens;
+        if (s + 1 < P || k + 1 < V)
+            MOE_TRY(moe_send(t->par.pp, moe_model_pp_output(m), n, MOE_DT_F32, (s + 1) % P, TAG_PP_FWD));
+    }
+    return moe_model_set_chunk(m, 0);
 }
 
 moe_status moe_trainer_eval(moe_trainer *t, const int32_t *inputs, const int32_t *targets, int count,

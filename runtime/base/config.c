@@ -109,6 +109,8 @@ const moe_cfg_key moe_cfg_keys[] = {
     /* parallelism */
     INT("tensor-model-parallel-size", tensor_model_parallel_size, 1, PAR, "1", "tensor parallel (TP) size"),
     INT("pipeline-model-parallel-size", pipeline_model_parallel_size, 1, PAR, "1", "pipeline stages (PP)"),
+    INT("num-layers-per-virtual-pipeline-stage", num_layers_per_virtual_pipeline_stage, 0, BIG, "0",
+        "layers per virtual pipeline stage: the interleaved 1F1B schedule (0 = one stage per rank)"),
     INT("context-parallel-size", context_parallel_size, 1, PAR, "1", "context parallel (CP) size"),
     INT("expert-model-parallel-size", expert_model_parallel_size, 1, PAR, "1", "expert parallel (EP) size"),
     INT("expert-tensor-parallel-size", expert_tensor_parallel_size, 1, PAR, "1",

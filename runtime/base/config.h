@@ -81,6 +81,7 @@ typedef struct {
     /* parallelism (validated now, used by the multi-rank runtime) */
     int tensor_model_parallel_size;
     int pipeline_model_parallel_size;
+    int num_layers_per_virtual_pipeline_stage; /* 0: one model chunk per stage */
     int context_parallel_size;
     int expert_model_parallel_size;
     int expert_tensor_parallel_size;

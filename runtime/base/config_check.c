@@ -123,6 +123,14 @@ static moe_status check_parallel(const moe_config *c)
             "expert-tensor-parallel-size (%lld) must divide moe-ffn-hidden-size (%d)", etp, c->moe_ffn_hidden_size);
     REQUIRE(c->num_layers % pp == 0, "pipeline-model-parallel-size (%lld) must divide num-layers (%d)", pp,
             c->num_layers);
+    long long vl = c->num_layers_per_virtual_pipeline_stage;
+    if (vl > 0) {
+        REQUIRE(pp > 1, "num-layers-per-virtual-pipeline-stage (%lld) needs pipeline-model-parallel-size > 1", vl);
+        REQUIRE(c->num_layers % (pp * vl) == 0 && c->num_layers / (pp * vl) <= 16,
+                "num-layers (%d) must be divisible by pipeline-model-parallel-size x "
+                "num-layers-per-virtual-pipeline-stage (%lld x %lld), with at most 16 virtual stages per rank",
+                c->num_layers, pp, vl);
+    }
     REQUIRE(cp == 1 || c->seq_length % (2 * cp) == 0,
             "seq-length (%d) must be a multiple of 2 x context-parallel-size (%lld) for load-balanced "
             "context parallelism",

@@ -37,7 +37,7 @@
 #include "runtime/world.h"
 
 static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute;
-static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap;
+static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap, g_vpl;
 static double g_capacity;
 static moe_comm *g_world;
 
@@ -71,6 +71,7 @@ static moe_config make_config(int world)
     c.pipeline_model_parallel_size = g_pp;
     c.untie_embeddings_and_output_weights = g_untie;
     c.moe_overlap = g_overlap;
+    c.num_layers_per_virtual_pipeline_stage = g_vpl;
     c.nproc = world;
     /* dense layer 0 then MoE (every layer MoE with a placement plan) */
     char freq[64] = "[";
@@ -428,6 +429,7 @@ START_TEST(parallel_matches_single_rank)
     single.tensor_model_parallel_size = single.context_parallel_size = single.expert_tensor_parallel_size = 1;
     single.pipeline_model_parallel_size = 1;
     single.moe_overlap = 0;
+    single.num_layers_per_virtual_pipeline_stage = 0;
     single.sequence_parallel = 0;
     ck_assert_int_eq(moe_config_validate(&single), MOE_OK);
 
@@ -503,6 +505,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--pp") == 0 && i + 1 < argc) g_pp = atoi(argv[++i]);
         else if (strcmp(argv[i], "--layers") == 0 && i + 1 < argc) g_layers = atoi(argv[++i]);
         else if (strcmp(argv[i], "--untie") == 0) g_untie = 1;
+        else if (strcmp(argv[i], "--vpl") == 0 && i + 1 < argc) g_vpl = atoi(argv[++i]);
         else if (strcmp(argv[i], "--overlap") == 0 && i + 1 < argc) g_overlap = atoi(argv[++i]);
         else if (strcmp(argv[i], "--sp") == 0) g_sp = 1;
         else if (strcmp(argv[i], "--ckpt") == 0) g_ckpt = 1;
