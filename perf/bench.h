@@ -4,6 +4,7 @@
 
 /* argv after the benchmark's name; returns the exit status. */
 int moe_bench_a2a(int argc, char **argv);
+int moe_bench_layer(int argc, char **argv);
 int moe_bench_planner(int argc, char **argv);
 
 #endif

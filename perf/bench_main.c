@@ -4,6 +4,8 @@
 **   moe bench gemm  [--size N] [--reps R] [--json]
 **       measures the fp32 GEMM peak (the MFU denominator) and caches it.
 **   moe bench a2a [--nproc N] ...   (perf/bench_a2a.c, under mpirun)
+**   moe bench layer [--nproc N | --hosts N --link-rate R] ...   (perf/bench_layer.c:
+**       one MoE layer's expert part under overlap none / coarse / fine)
 **   moe bench train [--config F] [--<model key> V ...] [--steps S] [--warmup W]
 **                   [--vs-torch] [--json]
 **       times optimizer steps of the model on random tokens; with --vs-torch,
@@ -183,7 +185,10 @@ int main(int argc, char **argv)
         printf("usage: moe bench gemm [--size N] [--reps R] [--json]\n"
                "       moe bench train [--config F] [--<key> V ...] [--steps S] [--warmup W] [--vs-torch] [--json]\n"
                "       moe bench planner --gen-trace FILE [--layers L --experts E --topk K --skew S --seed N ...]\n"
-               "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n");
+               "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n"
+               "       moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"
+               "                       [--experts E] [--topk K] [--skew S] [--iters I] [--warmup W] [--chunks D]\n"
+               "                       [--trace FILE] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "gemm") == 0)
@@ -192,8 +197,10 @@ int main(int argc, char **argv)
         return bench_train(argc - 2, argv + 2);
     if (strcmp(argv[1], "a2a") == 0)
         return moe_bench_a2a(argc - 2, argv + 2);
+    if (strcmp(argv[1], "layer") == 0)
+        return moe_bench_layer(argc - 2, argv + 2);
     if (strcmp(argv[1], "planner") == 0)
         return moe_bench_planner(argc - 2, argv + 2);
-    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, planner)\n", argv[1]);
+    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, layer, planner)\n", argv[1]);
     return 2;
 }
