@@ -1,5 +1,6 @@
 #include "launch/plan.h"
 #include "launch/plan_placement.h"
+#include "launch/plan_parallel.h"
 #include "launch/args.h"
 
 #include <errno.h>
@@ -15,6 +16,7 @@
 static const char *PLAN_USAGE = "usage: moe plan SUBCOMMAND [options]\n"
                                 "  topology   show the parallel layout of W ranks: sizes, coordinates, groups\n"
                                 "  placement  place experts on ranks from a routing trace (ILP on CBC, baselines)\n"
+                                "  parallel   rank the parallel layouts of a model on W devices by predicted step time\n"
                                 "Run 'moe plan SUBCOMMAND --help' for its options.\n";
 
 static const char *TOPO_PROG = "moe plan topology";
@@ -254,7 +256,7 @@ int moe_plan_main(int argc, char **argv)
 {
     moe_error_clear();
     if (argc < 1) {
-        fprintf(stderr, "moe plan: error: missing plan (expected: topology, placement)\n%s", PLAN_USAGE);
+        fprintf(stderr, "moe plan: error: missing plan (expected: topology, placement, parallel)\n%s", PLAN_USAGE);
         return 2;
     }
     if (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
@@ -266,6 +268,8 @@ int moe_plan_main(int argc, char **argv)
         return topology_main(argc - 1, argv + 1);
     if (strcmp(argv[0], "placement") == 0)
         return moe_plan_placement_main(argc - 1, argv + 1);
-    fprintf(stderr, "moe plan: error: unknown plan '%s' (expected: topology, placement)\n", argv[0]);
+    if (strcmp(argv[0], "parallel") == 0)
+        return moe_plan_parallel_main(argc - 1, argv + 1);
+    fprintf(stderr, "moe plan: error: unknown plan '%s' (expected: topology, placement, parallel)\n", argv[0]);
     return 2;
 }

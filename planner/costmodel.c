@@ -1,0 +1,812 @@
+/*
+** costmodel.c: the step-time, MFU and memory model of planner/costmodel.h.
+** Every assumption is stated there and in docs/perf-model.md; the comments
+** here say which term implements which.
+*/
+#include "planner/costmodel.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/base/topology.h"
+
+void moe_cost_opts_default(moe_cost_opts *o)
+{
+    *o = (moe_cost_opts){
+        .precision = MOE_PREC_AUTO,
+        .gemm_efficiency = -1,
+        .link_efficiency = -1,
+        .ranks_per_node = 0,
+        .flash_attention = -1,
+        .causal_skip = -1,
+        .vpp = 1,
+        .ep_hidden = -1,
+        .dp_hidden = 1,
+        .tp_hidden = 0,
+        .cp_hidden = 1,
+        .param_gather_overlap = 0,
+        .expert_imbalance = 1,
+        .mem_usable = 0.9,
+    };
+}
+
+// ----------------------------------------------------------------------------
+// model FLOPs (the same count as runtime/flops.c, which planner cannot link)
+
+static double ffn_flops(const moe_config *c, int is_moe)
+{
+    double C = c->hidden_size;
+    if (!is_moe)
+        return 6.0 * C * c->ffn_hidden_size;
+    return 2.0 * C * c->num_experts + c->moe_router_topk * 6.0 * C * c->moe_ffn_hidden_size +
+           6.0 * C * c->moe_shared_expert_intermediate_size;
+}
+
+double moe_cost_flops_per_token(const moe_config *c)
+{
+    double C = c->hidden_size, T = c->seq_length, V = c->vocab_size;
+    double HD = (double)c->hidden_size / c->num_attention_heads;
+    int nkv = c->num_query_groups ? c->num_query_groups : c->num_attention_heads;
+    double fwd = 0.0;
+    for (int l = 0; l < c->num_layers; l++) {
+        fwd += 2.0 * C * (c->num_attention_heads + 2.0 * nkv) * HD + 2.0 * C * C + 4.0 * T * C;
+        fwd += ffn_flops(c, c->moe_layer_is_moe[l]);
+    }
+    fwd += 2.0 * C * V;
+    return 3.0 * fwd;
+}
+
+void moe_cost_param_counts(const moe_config *c, double *total, double *active)
+{
+    double C = c->hidden_size, HD = (double)c->hidden_size / c->num_attention_heads;
+    int nkv = c->num_query_groups ? c->num_query_groups : c->num_attention_heads;
+    double attn = C * (c->num_attention_heads + 2.0 * nkv) * HD + C * C + 2 * C, t = 0, a = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        int moe = c->moe_layer_is_moe[l];
+        t += attn + (moe ? C * c->num_experts + 3.0 * C * c->moe_ffn_hidden_size * c->num_experts +
+                               3.0 * C * c->moe_shared_expert_intermediate_size
+                         : 3.0 * C * c->ffn_hidden_size);
+        a += attn + ffn_flops(c, moe) / 2.0;
+    }
+    double V = c->vocab_size;
+    *total = t + C * V * (c->untie_embeddings_and_output_weights ? 2 : 1) + C;
+    *active = a + C * V + C;
+}
+
+// ----------------------------------------------------------------------------
+// the machine: compute roofline and links
+
+/* A group kind on this layout: size, whether any of its groups spans nodes,
+** and the fewest members any member shares its node with (itself included). */
+typedef struct {
+    int n, cross, local;
+} group_link;
+
+typedef struct {
+    double peak;        /* FLOP/s per rank */
+    double eff;
+    double membw;       /* bytes/s per rank */
+    double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
+    double intra_lat, inter_lat; /* s */
+    double w;           /* bytes per activation / weight element */
+} machine;
+
+static double gemm_time(const machine *m, double M, double K, double N)
+{
+    if (M <= 0 || K <= 0 || N <= 0)
+        return 0;
+    double flops = 2.0 * M * K * N, bytes = (M * K + K * N + M * N) * m->w;
+    return fmax(flops / (m->peak * m->eff), bytes / m->membw);
+}
+
+static double link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
+static double link_lat(const machine *m, const group_link *g) { return g->cross ? m->inter_lat : m->intra_lat; }
+
+/* A ring collective of `steps` steps sending `bytes` per rank in all. */
+static double ring_time(const machine *m, const group_link *g, double steps, double bytes)
+{
+    if (g->n <= 1)
+        return 0;
+    return steps * link_lat(m, g) + bytes / link_bw(m, g);
+}
+
+/* All-gather / reduce-scatter of a tensor of `full` bytes (whole, all ranks). */
+static double ag_time(const machine *m, const group_link *g, double full)
+{
+    return ring_time(m, g, g->n - 1, (g->n - 1.0) / g->n * full);
+}
+
+static double ar_time(const machine *m, const group_link *g, double full)
+{
+    return ring_time(m, g, 2.0 * (g->n - 1), 2.0 * (g->n - 1.0) / g->n * full);
+}
+
+/* All-to-all of `held` bytes per rank, spread evenly over the n ranks (own
+** share stays): node-local peers and remote peers are served at once. */
+static double a2a_time(const machine *m, const group_link *g, double held)
+{
+    if (g->n <= 1)
+        return 0;
+    double intra = (g->local - 1.0) / g->n * held, inter = (double)(g->n - g->local) / g->n * held;
+    double t = fmax(intra / m->intra_bw, inter / m->inter_bw);
+    return t + (inter > 0 ? m->inter_lat : m->intra_lat);
+}
+
+static double p2p_time(const machine *m, const group_link *g, double bytes)
+{
+    return g->n <= 1 ? 0 : link_lat(m, g) + bytes / link_bw(m, g);
+}
+
+static moe_status group_links(const moe_layout *l, moe_group_kind k, int rpn, group_link *out)
+{
+    int ng, gs, *ranks;
+    MOE_TRY(moe_layout_groups(l, k, &ng, &gs, &ranks));
+    *out = (group_link){.n = gs, .cross = 0, .local = gs};
+    for (int i = 0; i < ng; i++) {
+        const int *g = ranks + (size_t)i * gs;
+        for (int a = 0; a < gs; a++) {
+            int same = 0;
+            for (int b = 0; b < gs; b++)
+                same += g[b] / rpn == g[a] / rpn;
+            if (same < gs)
+                out->cross = 1;
+            if (same < out->local)
+                out->local = same;
+        }
+    }
+    free(ranks);
+    return MOE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// the model on the layout
+
+typedef struct {
+    /* model */
+    double b, T, C, NH, NKV, HD, QKV, V, E, K, F, Fs, Fd;
+    int L, tied;
+    const int *is_moe;
+    /* layout */
+    int W, TP, CP, PP, DP, EP, ETP, EDP, SP, v, m, distopt, prec;
+    double ntok; /* tokens of a micro-batch on one attention rank (b T / CP) */
+    double own;  /* tokens a rank routes (ntok / TP) */
+    double rows; /* routed rows on one expert rank (ETP own K, times the imbalance) */
+    double srow; /* rows of the hidden-size tensors on a rank: ntok / TP with SP */
+    int flash;
+    double causal, ep_hidden;
+    group_link tp, cp, dpcp, pp, ep, etp, edp;
+    machine mc;
+    const moe_cost_opts *o;
+} ctx;
+
+/* Per micro-batch, one direction, on one rank. */
+typedef struct {
+    double compute;
+    double exposed[MOE_COMM_N], hidden[MOE_COMM_N], bytes[MOE_COMM_N];
+} mb_cost;
+
+static void add_comm(mb_cost *c, moe_comm_dim d, double t, double hidden_frac, double bytes)
+{
+    c->hidden[d] += t * hidden_frac;
+    c->exposed[d] += t * (1 - hidden_frac);
+    c->bytes[d] += bytes;
+}
+
+/* Hides up to `window` seconds of t behind compute. */
+static void add_overlapped(mb_cost *c, moe_comm_dim d, double t, double window, double bytes)
+{
+    double h = fmin(t, fmax(0, window));
+    c->hidden[d] += h;
+    c->exposed[d] += t - h;
+    c->bytes[d] += bytes;
+}
+
+/* One TP block boundary pair (attention, or a TP-split MLP): all-gather and
+** reduce-scatter with SP, one all-reduce without. */
+static void tp_block(const ctx *x, mb_cost *c)
+{
+    if (x->TP <= 1)
+        return;
+    double S = x->ntok * x->C * x->mc.w;
+    double t = x->SP ? 2 * ag_time(&x->mc, &x->tp, S) : ar_time(&x->mc, &x->tp, S);
+    add_comm(c, MOE_COMM_TP, t, x->o->tp_hidden, 2.0 * (x->TP - 1.0) / x->TP * S);
+}
+
+static void tp_single(const ctx *x, mb_cost *c, int allreduce)
+{
+    if (x->TP <= 1)
+        return;
+    double S = x->ntok * x->C * x->mc.w;
+    double t = allreduce ? ar_time(&x->mc, &x->tp, S) : ag_time(&x->mc, &x->tp, S);
+    add_comm(c, MOE_COMM_TP, t, x->o->tp_hidden, (allreduce ? 2.0 : 1.0) * (x->TP - 1.0) / x->TP * S);
+}
+
+static double mlp_time(const ctx *x, double rows, double width_local)
+{
+    return gemm_time(&x->mc, rows, x->C, 2 * width_local) + gemm_time(&x->mc, rows, width_local, x->C);
+}
+
+/* Attention of one layer, forward (bwd = 2x compute, mirrored comm). */
+static void attention(const ctx *x, mb_cost *f, mb_cost *b)
+{
+    const machine *m = &x->mc;
+    double proj = gemm_time(m, x->ntok, x->C, x->QKV / x->TP) + gemm_time(m, x->ntok, x->C / x->TP, x->C);
+    /* scores QK^T and values PV: 4 ntok T C / TP flops, CP ranks see all T keys */
+    double flops = 4.0 * x->ntok * x->T * x->C / x->TP * x->causal;
+    double kv_all = x->b * x->T * 2 * x->NKV * x->HD / x->TP;
+    double bytes = (x->ntok * x->C / x->TP * 2 + kv_all) * m->w;
+    if (!x->flash) /* the T x T probabilities (fp32) written, normalised, read */
+        bytes += 3.0 * x->b * (x->NH / x->TP) * (x->T / x->CP) * x->T * 4;
+    double core = fmax(flops / (m->peak * m->eff), bytes / m->membw);
+    f->compute += proj + core;
+    b->compute += 2 * (proj + core);
+    tp_block(x, f);
+    tp_block(x, b);
+    if (x->CP > 1) { /* ring: CP-1 hops of this rank's K and V; backward K/V and dK/dV */
+        double kv = x->ntok * 2 * x->NKV * x->HD / x->TP * m->w;
+        double t = (x->CP - 1) * p2p_time(m, &x->cp, kv);
+        add_overlapped(f, MOE_COMM_CP, t, x->o->cp_hidden * core, (x->CP - 1) * kv);
+        add_overlapped(b, MOE_COMM_CP, 2 * t, x->o->cp_hidden * 2 * core, 2 * (x->CP - 1) * kv);
+    }
+}
+
+static void dense_mlp(const ctx *x, double width, mb_cost *f, mb_cost *b)
+{
+    double t = mlp_time(x, x->ntok, width / x->TP);
+    f->compute += t;
+    b->compute += 2 * t;
+    tp_block(x, f);
+    tp_block(x, b);
+}
+
+/* Routed experts, shared expert, router, and their communication. */
+static void moe_mlp(const ctx *x, mb_cost *f, mb_cost *b)
+{
+    const machine *m = &x->mc;
+    double El = x->E / x->EP, Fl = x->F / x->ETP;
+    double router = gemm_time(m, x->own * x->ETP, x->C, x->E);
+    double experts = El * mlp_time(x, x->rows / El, Fl); /* one grouped GEMM per local expert */
+    f->compute += router + experts;
+    b->compute += 2 * (router + experts);
+    if (x->Fs > 0)
+        dense_mlp(x, x->Fs, f, b);
+    if (!x->SP) { /* replicated tokens: each TP rank routed its slice, outputs all-gathered */
+        tp_single(x, f, 0);
+        tp_single(x, b, 0);
+    }
+    if (x->ETP > 1) { /* own tokens all-gathered before the router, outputs reduce-scattered */
+        double full = x->own * x->ETP * x->C * m->w;
+        double t = 2 * ag_time(m, &x->etp, full);
+        add_comm(f, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
+        add_comm(b, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
+    }
+    if (x->EP > 1) { /* dispatch + combine, uniform routing */
+        double held = x->own * x->ETP * x->K * x->C * m->w;
+        double t = 2 * a2a_time(m, &x->ep, held), sent = 2 * held * (x->EP - 1.0) / x->EP;
+        add_overlapped(f, MOE_COMM_EP, t, x->ep_hidden * experts, sent);
+        add_overlapped(b, MOE_COMM_EP, t, x->ep_hidden * 2 * experts, sent);
+    }
+}
+
+/* Forward and backward of one micro-batch on stage s. */
+static void stage_cost(const ctx *x, int s, mb_cost *f, mb_cost *b)
+{
+    memset(f, 0, sizeof *f);
+    memset(b, 0, sizeof *b);
+    int per = x->L / x->PP;
+    for (int l = s * per; l < (s + 1) * per; l++) {
+        attention(x, f, b);
+        if (x->is_moe[l])
+            moe_mlp(x, f, b);
+        else
+            dense_mlp(x, x->Fd, f, b);
+    }
+    if (s == 0 && x->TP > 1) { /* vocabulary-parallel embedding: all-reduce (reduce-scatter with SP) */
+        tp_single(x, f, !x->SP);
+        if (x->SP)
+            tp_single(x, b, 0);
+    }
+    if (s == x->PP - 1) { /* LM head (column-parallel over the vocabulary) */
+        double t = gemm_time(&x->mc, x->ntok, x->C, x->V / x->TP);
+        f->compute += t;
+        b->compute += 2 * t;
+        if (x->TP > 1) {
+            if (x->SP)
+                tp_single(x, f, 0);
+            tp_single(x, b, !x->SP);
+        }
+    }
+    if (x->PP > 1) { /* activations out, gradients back: v hops per micro-batch each way */
+        double bytes = x->ntok * x->C * x->mc.w / (x->SP ? x->TP : 1);
+        double t = x->v * p2p_time(&x->mc, &x->pp, bytes);
+        add_comm(f, MOE_COMM_PP, t, 0, x->v * bytes);
+        add_comm(b, MOE_COMM_PP, t, 0, x->v * bytes);
+    }
+}
+
+static double mb_total(const mb_cost *c)
+{
+    double t = c->compute;
+    for (int d = 0; d < MOE_COMM_N; d++)
+        t += c->exposed[d];
+    return t;
+}
+
+// ----------------------------------------------------------------------------
+// parameters and memory
+
+typedef struct {
+    double dense, expert; /* parameters on one rank of the stage */
+} stage_params;
+
+static stage_params params_of_stage(const ctx *x, int s)
+{
+    stage_params p = {0, 0};
+    int per = x->L / x->PP;
+    for (int l = s * per; l < (s + 1) * per; l++) {
+        p.dense += x->C * x->QKV / x->TP + x->C * x->C / x->TP + 2 * x->C; /* attention + two norms */
+        if (x->is_moe[l]) {
+            p.dense += x->C * x->E + 3 * x->C * x->Fs / x->TP;
+            p.expert += x->E / x->EP * 3 * x->C * x->F / x->ETP;
+        } else
+            p.dense += 3 * x->C * x->Fd / x->TP;
+    }
+    if (s == 0)
+        p.dense += x->V * x->C / x->TP;
+    if (s == x->PP - 1) {
+        p.dense += x->C; /* final norm */
+        if (!x->tied || x->PP > 1) /* untied head, or the tied copy on the last stage */
+            p.dense += x->V * x->C / x->TP;
+    }
+    return p;
+}
+
+/* Bytes saved for backward by one layer and micro-batch (see costmodel.h). */
+static double act_layer(const ctx *x, int is_moe)
+{
+    double w = x->mc.w, C = x->C;
+    double a = (2 * x->srow * C + x->ntok * x->QKV / x->TP + x->ntok * C / x->TP) * w;
+    if (x->flash)
+        a += x->ntok * x->NH / x->TP * 2 * 4; /* softmax max and sum, fp32 */
+    else
+        a += x->b * (x->NH / x->TP) * (x->T / x->CP) * x->T * 4;
+    a += 2 * x->srow * C * w; /* MLP norm input and output */
+    if (!is_moe)
+        return a + x->ntok * 3 * x->Fd / x->TP * w;
+    a += x->own * x->ETP * x->E * 4;                           /* router probabilities, fp32 */
+    a += x->rows * (2 * C + 3 * x->F / x->ETP) * w;            /* rows in, h13, act, rows out */
+    return a + x->ntok * 3 * x->Fs / x->TP * w;
+}
+
+int moe_cost_in_flight(int p, int s, int m, int v)
+{
+    if (p < 1 || s < 0 || s >= p || m < 1 || v < 1)
+        return -1;
+    if (v == 1)
+        return p - s < m ? p - s : m;
+    /* moe_pp_schedule's warm-up, then one more forward before the first backward */
+    long w = 2L * (p - s - 1) + (long)(v - 1) * p, all = (long)m * v;
+    if (w > all)
+        w = all;
+    return (int)(w < all ? w + 1 : w);
+}
+
+static int in_flight_chunks(const ctx *x, int s) { return moe_cost_in_flight(x->PP, s, x->m, x->v); }
+
+typedef struct {
+    double params, grads, opt, act, buffers;
+} stage_mem;
+
+static stage_mem memory_of_stage(const ctx *x, int s)
+{
+    stage_params p = params_of_stage(x, s);
+    double n = p.dense + p.expert;
+    stage_mem m;
+    m.params = n * (x->prec == MOE_PREC_BF16 ? 2 : 4);
+    m.grads = n * 4;
+    double dshard = x->distopt ? x->DP * x->CP : 1, eshard = x->distopt ? x->EDP : 1;
+    m.opt = (p.dense / dshard + p.expert / eshard) * (x->prec == MOE_PREC_BF16 ? 12 : 8);
+
+    int per = x->L / x->PP;
+    double layers = 0;
+    for (int l = s * per; l < (s + 1) * per; l++)
+        layers += act_layer(x, x->is_moe[l]);
+    int chunks = in_flight_chunks(x, s);
+    m.act = chunks * layers / x->v;
+    double mbs = (double)chunks / x->v; /* micro-batches' worth of the stage's edges in flight */
+    if (s == 0)
+        m.act += mbs * x->srow * x->C * x->mc.w;
+    if (s == x->PP - 1) /* the head's input and fp32 logits (softmax kept for the loss gradient) */
+        m.act += (x->PP > 1 ? 1 : mbs) * (x->srow * x->C * x->mc.w + x->ntok * x->V / x->TP * 4);
+
+    m.buffers = 0;
+    int any_moe = 0;
+    for (int l = s * per; l < (s + 1) * per; l++)
+        any_moe |= x->is_moe[l];
+    if (any_moe)
+        m.buffers += 2 * x->rows * x->C * x->mc.w; /* dispatch send and receive rows */
+    if (x->PP > 1)
+        m.buffers += 2 * x->ntok * x->C * x->mc.w / (x->SP ? x->TP : 1);
+    if (x->TP > 1 && x->SP)
+        m.buffers += x->ntok * x->C * x->mc.w; /* the gathered sequence */
+    return m;
+}
+
+// ----------------------------------------------------------------------------
+// setup and checks
+
+static moe_status check_opts(const moe_cost_opts *o)
+{
+    if (o->precision < MOE_PREC_AUTO || o->precision > MOE_PREC_BF16)
+        return moe_fail(MOE_ERR_USAGE, "cost model: precision %d is not auto, fp32 or bf16", o->precision);
+    if (o->vpp < 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: virtual pipeline size %d must be >= 1", o->vpp);
+    if (o->gemm_efficiency > 1 || o->link_efficiency > 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: efficiencies must be <= 1 (gemm %g, link %g)", o->gemm_efficiency,
+                        o->link_efficiency);
+    double fr[] = {o->dp_hidden, o->tp_hidden, o->cp_hidden, o->mem_usable};
+    const char *nm[] = {"dp-hidden", "tp-hidden", "cp-hidden", "mem-usable"};
+    for (int i = 0; i < 4; i++)
+        if (!(fr[i] >= 0 && fr[i] <= 1))
+            return moe_fail(MOE_ERR_USAGE, "cost model: %s must be in [0, 1], got %g", nm[i], fr[i]);
+    if (o->ep_hidden > 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: ep-hidden must be <= 1 (or < 0 for the default), got %g",
+                        o->ep_hidden);
+    if (!(o->expert_imbalance >= 1))
+        return moe_fail(MOE_ERR_USAGE, "cost model: expert imbalance (max/mean) must be >= 1, got %g",
+                        o->expert_imbalance);
+    return MOE_OK;
+}
+
+/* What the runtime would refuse: the config's own relations, the layout, the
+** model against the layout, tokens per micro-batch against TP, and (with
+** virtual stages) Megatron's interleaving rules. cfg is validated in place. */
+static moe_status check_layout(moe_config *cfg, const moe_cost_opts *o, moe_layout *l)
+{
+    if (cfg->vocab_size == 0)
+        cfg->vocab_size = 256; /* the byte tokenizer, the one moe data prepare has */
+    MOE_TRY(moe_config_validate(cfg));
+    MOE_TRY(moe_layout_init(l, cfg->nproc, cfg->tensor_model_parallel_size, cfg->context_parallel_size,
+                            cfg->pipeline_model_parallel_size, cfg->expert_model_parallel_size,
+                            cfg->expert_tensor_parallel_size, NULL));
+    MOE_TRY(moe_layout_check_model(l, cfg->num_experts, cfg->num_attention_heads, cfg->num_query_groups,
+                                   cfg->num_layers, cfg->seq_length, cfg->sequence_parallel));
+    long long tok = (long long)cfg->micro_batch_size * (cfg->seq_length / l->cp);
+    if (tok % l->tp)
+        return moe_fail(MOE_ERR_USAGE,
+                        "tokens per micro-batch and context-parallel rank (%d x %d) must be divisible by the "
+                        "tensor-parallel size (%d)",
+                        cfg->micro_batch_size, cfg->seq_length / l->cp, l->tp);
+    if (o->vpp > 1) {
+        int m = cfg->global_batch_size / (cfg->micro_batch_size * l->dp);
+        if (l->pp == 1 || cfg->num_layers % (l->pp * o->vpp) || m % l->pp)
+            return moe_fail(MOE_ERR_USAGE,
+                            "virtual pipeline size %d needs pipeline size > 1 (%d), num-layers (%d) divisible by "
+                            "pipeline x virtual (%d) and micro-batches (%d) divisible by the pipeline size",
+                            o->vpp, l->pp, cfg->num_layers, l->pp * o->vpp, m);
+    }
+    return MOE_OK;
+}
+
+static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, const moe_hwprofile *hw,
+                        const moe_cost_opts *o)
+{
+    memset(x, 0, sizeof *x);
+    x->o = o;
+    x->b = cfg->micro_batch_size, x->T = cfg->seq_length, x->C = cfg->hidden_size;
+    x->NH = cfg->num_attention_heads, x->NKV = cfg->num_query_groups, x->HD = x->C / x->NH;
+    x->QKV = (x->NH + 2 * x->NKV) * x->HD, x->V = cfg->vocab_size;
+    x->E = cfg->num_experts, x->K = cfg->moe_router_topk, x->F = cfg->moe_ffn_hidden_size;
+    x->Fs = cfg->moe_shared_expert_intermediate_size, x->Fd = cfg->ffn_hidden_size;
+    x->L = cfg->num_layers, x->is_moe = cfg->moe_layer_is_moe, x->tied = !cfg->untie_embeddings_and_output_weights;
+    x->W = l->world, x->TP = l->tp, x->CP = l->cp, x->PP = l->pp, x->DP = l->dp;
+    x->EP = l->ep, x->ETP = l->etp, x->EDP = l->edp;
+    x->SP = cfg->sequence_parallel && l->tp > 1, x->v = o->vpp;
+    x->m = cfg->global_batch_size / (cfg->micro_batch_size * l->dp);
+    x->distopt = cfg->use_distributed_optimizer;
+    x->prec = o->precision == MOE_PREC_AUTO ? (strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32)
+                                            : o->precision;
+    x->ntok = x->b * x->T / x->CP;
+    x->own = x->ntok / x->TP;
+    x->rows = x->own * x->ETP * x->K * o->expert_imbalance;
+    x->srow = x->SP ? x->own : x->ntok;
+    x->flash = o->flash_attention >= 0 ? o->flash_attention : !(x->prec == MOE_PREC_FP32 && x->CP == 1);
+    x->causal = (o->causal_skip >= 0 ? o->causal_skip : x->flash) ? 0.5 : 1.0;
+    if (o->ep_hidden >= 0)
+        x->ep_hidden = o->ep_hidden;
+    else if (cfg->moe_overlap == 2)
+        x->ep_hidden = 1.0 - 1.0 / x->EP;
+    else if (cfg->moe_overlap == 1) {
+        double d = fmin(4, x->E / x->EP);
+        x->ep_hidden = 1.0 - 1.0 / d;
+    } else
+        x->ep_hidden = 0;
+
+    double share = hw->shared ? l->world : 1;
+    machine *m = &x->mc;
+    m->peak = hw->gemm_tflops * 1e12 / share;
+    m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
+    m->membw = hw->mem_bw_gbs * 1e9 / share;
+    double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
+    m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
+    m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
+    m->w = x->prec == MOE_PREC_BF16 ? 2 : 4;
+
+    int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
+    MOE_TRY(group_links(l, MOE_G_TP, rpn, &x->tp));
+    MOE_TRY(group_links(l, MOE_G_CP, rpn, &x->cp));
+    MOE_TRY(group_links(l, MOE_G_DP_CP, rpn, &x->dpcp));
+    MOE_TRY(group_links(l, MOE_G_PP, rpn, &x->pp));
+    MOE_TRY(group_links(l, MOE_G_EP, rpn, &x->ep));
+    MOE_TRY(group_links(l, MOE_G_ETP, rpn, &x->etp));
+    MOE_TRY(group_links(l, MOE_G_EDP, rpn, &x->edp));
+    return MOE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// the step
+
+/* Gradient sync, parameter all-gather and optimizer of stage s, after its
+** last backward (whose compute is bwd_compute). */
+typedef struct {
+    double sync, sync_hidden, gather, gather_hidden, opt, bytes;
+} tail_cost;
+
+static tail_cost tail_of_stage(const ctx *x, int s, double fwd_compute, double bwd_compute)
+{
+    const machine *m = &x->mc;
+    stage_params p = params_of_stage(x, s);
+    tail_cost t = {0};
+    double pb = x->prec == MOE_PREC_BF16 ? 2 : 4;
+    const group_link *gd = &x->dpcp, *ge = &x->edp;
+    double gd_bytes = p.dense * 4, ge_bytes = p.expert * 4; /* fp32 gradients */
+    if (x->distopt) {
+        t.sync = ag_time(m, gd, gd_bytes) + ag_time(m, ge, ge_bytes); /* reduce-scatter: same cost */
+        t.gather = ag_time(m, gd, p.dense * pb) + ag_time(m, ge, p.expert * pb);
+        t.bytes = (gd->n - 1.0) / gd->n * (gd_bytes + p.dense * pb) +
+                  (ge->n - 1.0) / ge->n * (ge_bytes + p.expert * pb);
+    } else {
+        t.sync = ar_time(m, gd, gd_bytes) + ar_time(m, ge, ge_bytes);
+        t.bytes = 2 * (gd->n - 1.0) / gd->n * gd_bytes + 2 * (ge->n - 1.0) / ge->n * ge_bytes;
+    }
+    t.sync_hidden = fmin(t.sync, x->o->dp_hidden * bwd_compute);
+    t.gather_hidden = x->o->param_gather_overlap ? fmin(t.gather, fwd_compute) : 0;
+    double dshard = x->distopt ? x->DP * x->CP : 1, eshard = x->distopt ? x->EDP : 1;
+    double per_param = x->prec == MOE_PREC_BF16 ? 34 : 32;
+    t.opt = (p.dense / dshard + p.expert / eshard) * per_param / m->membw;
+    return t;
+}
+
+static double tail_exposed(const tail_cost *t)
+{
+    return t->sync - t->sync_hidden + t->gather - t->gather_hidden + t->opt;
+}
+
+static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
+{
+    memset(r, 0, sizeof *r);
+    r->world = x->W, r->tp = x->TP, r->cp = x->CP, r->pp = x->PP, r->dp = x->DP;
+    r->ep = x->EP, r->etp = x->ETP, r->edp = x->EDP, r->vpp = x->v, r->sp = x->SP;
+    r->micro_batches = x->m, r->precision = x->prec;
+    r->gemm_efficiency = x->mc.eff, r->ep_hidden = x->ep_hidden;
+    r->flops_per_token = moe_cost_flops_per_token(cfg);
+
+    /* the slowest stage sets the pipeline's pace */
+    mb_cost f, b, fs = {0}, bs = {0};
+    double slow = -1;
+    for (int s = 0; s < x->PP; s++) {
+        stage_cost(x, s, &f, &b);
+        if (mb_total(&f) + mb_total(&b) > slow) {
+            slow = mb_total(&f) + mb_total(&b);
+            fs = f, bs = b;
+        }
+    }
+    r->fwd_mb_s = mb_total(&fs), r->bwd_mb_s = mb_total(&bs);
+    double per_mb = r->fwd_mb_s + r->bwd_mb_s;
+    r->compute_s = x->m * (fs.compute + bs.compute);
+    r->bubble_s = (x->PP - 1.0) / x->v * per_mb;
+    r->bubble_fraction = (x->PP - 1.0) / (x->v * x->m + x->PP - 1.0);
+    for (int d = 0; d < MOE_COMM_N; d++) {
+        r->comm[d].exposed_s = x->m * (fs.exposed[d] + bs.exposed[d]);
+        r->comm[d].hidden_s = x->m * (fs.hidden[d] + bs.hidden[d]);
+        r->comm[d].bytes = x->m * (fs.bytes[d] + bs.bytes[d]);
+    }
+    r->comm[MOE_COMM_TP].inter_node = x->tp.cross, r->comm[MOE_COMM_CP].inter_node = x->cp.cross;
+    r->comm[MOE_COMM_EP].inter_node = x->ep.cross, r->comm[MOE_COMM_ETP].inter_node = x->etp.cross;
+    r->comm[MOE_COMM_PP].inter_node = x->pp.cross;
+    r->comm[MOE_COMM_DP].inter_node = x->dpcp.cross || x->edp.cross;
+    double pipe = x->m * per_mb + r->bubble_s;
+
+    /* the stage whose gradient sync and optimizer end last ends the step */
+    double tail = -1;
+    tail_cost tc = {0};
+    for (int s = 0; s < x->PP; s++) {
+        stage_cost(x, s, &f, &b);
+        tail_cost t = tail_of_stage(x, s, f.compute, b.compute);
+        if (tail_exposed(&t) > tail)
+            tail = tail_exposed(&t), tc = t;
+    }
+    r->comm[MOE_COMM_DP].exposed_s = tc.sync - tc.sync_hidden + tc.gather - tc.gather_hidden;
+    r->comm[MOE_COMM_DP].hidden_s = tc.sync_hidden + tc.gather_hidden;
+    r->comm[MOE_COMM_DP].bytes = tc.bytes;
+    r->optimizer_s = tc.opt;
+    r->step_s = pipe + tail;
+    double tokens = (double)cfg->global_batch_size * cfg->seq_length;
+    r->tokens_per_s = tokens / r->step_s;
+    r->mfu = r->flops_per_token * r->tokens_per_s / (x->W * x->mc.peak);
+
+    /* memory: the stage that needs most */
+    r->mem_total = -1;
+    for (int s = 0; s < x->PP; s++) {
+        stage_mem m = memory_of_stage(x, s);
+        double tot = m.params + m.grads + m.opt + m.act + m.buffers;
+        if (tot > r->mem_total) {
+            r->mem_stage = s, r->mem_total = tot;
+            r->mem_params = m.params, r->mem_grads = m.grads, r->mem_optimizer = m.opt;
+            r->mem_activations = m.act, r->mem_buffers = m.buffers;
+        }
+    }
+    r->mem_capacity = mem_cap;
+    r->fits = r->mem_total <= mem_cap;
+    if (!r->fits)
+        snprintf(r->reason, sizeof r->reason,
+                 "needs %.1f GiB per rank (stage %d: params %.1f, grads %.1f, optimizer %.1f, activations %.1f, "
+                 "buffers %.1f) of %.1f GiB usable",
+                 r->mem_total / 1073741824.0, r->mem_stage, r->mem_params / 1073741824.0,
+                 r->mem_grads / 1073741824.0, r->mem_optimizer / 1073741824.0, r->mem_activations / 1073741824.0,
+                 r->mem_buffers / 1073741824.0, mem_cap / 1073741824.0);
+}
+
+moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, const moe_cost_opts *o,
+                              moe_cost_report *out)
+{
+    MOE_TRY(check_opts(o));
+    moe_config *cfg = malloc(sizeof *cfg); /* a copy to validate (moe_config is ~10 KB) */
+    if (!cfg)
+        return moe_fail(MOE_ERR_NOMEM, "cost model: config copy");
+    *cfg = *c;
+    moe_layout l;
+    ctx x;
+    moe_status st;
+    MOE_TRY_GOTO(check_layout(cfg, o, &l), st, done);
+    MOE_TRY_GOTO(setup(&x, cfg, &l, hw, o), st, done);
+    double cap = hw->mem_gib * 1073741824.0 * o->mem_usable / (hw->shared ? l.world : 1);
+    fill_report(&x, cfg, cap, out);
+    out->link_efficiency = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
+done:
+    free(cfg);
+    return st;
+}
+
+// ----------------------------------------------------------------------------
+// search
+
+static int category(const moe_cost_layout *a) { return !a->valid ? 2 : a->r.fits ? 0 : 1; }
+
+static int cmp_layout(const void *pa, const void *pb)
+{
+    const moe_cost_layout *a = pa, *b = pb;
+    int ca = category(a), cb = category(b);
+    if (ca != cb)
+        return ca < cb ? -1 : 1;
+    if (ca == 0 && a->r.tokens_per_s != b->r.tokens_per_s)
+        return a->r.tokens_per_s > b->r.tokens_per_s ? -1 : 1;
+    if (ca == 1 && a->r.mem_total != b->r.mem_total)
+        return a->r.mem_total < b->r.mem_total ? -1 : 1;
+    int ka[] = {a->tp, a->cp, a->pp, a->ep, a->etp}, kb[] = {b->tp, b->cp, b->pp, b->ep, b->etp};
+    for (int i = 0; i < 5; i++)
+        if (ka[i] != kb[i])
+            return ka[i] < kb[i] ? -1 : 1;
+    return 0;
+}
+
+static int allowed(int want, int v) { return want <= 0 || want == v; }
+
+moe_status moe_costmodel_search(const moe_config *base, int world, const moe_hwprofile *hw, const moe_cost_opts *o,
+                                const moe_cost_filter *f, moe_cost_layout **out, int *n)
+{
+    if (world < 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: world size must be >= 1, got %d", world);
+    MOE_TRY(check_opts(o));
+    size_t cap = 64, cnt = 0;
+    moe_cost_layout *t = malloc(cap * sizeof *t);
+    moe_config *cfg = malloc(sizeof *cfg);
+    if (!t || !cfg) {
+        free(t), free(cfg);
+        return moe_fail(MOE_ERR_NOMEM, "cost model: layout table");
+    }
+    for (int tp = 1; tp <= world; tp++)
+        for (int cp = 1; tp * cp <= world; cp++)
+            for (int pp = 1; tp * cp * pp <= world; pp++)
+                for (int ep = 1; ep * pp <= world; ep++)
+                    for (int etp = 1; etp * ep * pp <= world; etp++) {
+                        if (world % (tp * cp * pp) || world % (etp * ep * pp))
+                            continue;
+                        if (!allowed(f->tp, tp) || !allowed(f->cp, cp) || !allowed(f->pp, pp) ||
+                            !allowed(f->ep, ep) || !allowed(f->etp, etp))
+                            continue;
+                        if (cnt == cap) {
+                            moe_cost_layout *g = realloc(t, 2 * cap * sizeof *t);
+                            if (!g) {
+                                free(t), free(cfg);
+                                return moe_fail(MOE_ERR_NOMEM, "cost model: layout table");
+                            }
+                            t = g, cap *= 2;
+                        }
+                        moe_cost_layout *e = &t[cnt++];
+                        memset(e, 0, sizeof *e);
+                        *cfg = *base;
+                        cfg->nproc = world;
+                        cfg->tensor_model_parallel_size = tp, cfg->context_parallel_size = cp;
+                        cfg->pipeline_model_parallel_size = pp, cfg->expert_model_parallel_size = ep;
+                        cfg->expert_tensor_parallel_size = etp;
+                        cfg->sequence_parallel = f->sp < 0 ? tp > 1 : f->sp;
+                        e->tp = tp, e->cp = cp, e->pp = pp, e->ep = ep, e->etp = etp, e->sp = cfg->sequence_parallel;
+                        moe_error_clear();
+                        if (moe_costmodel_step(cfg, hw, o, &e->r) == MOE_OK)
+                            e->valid = 1;
+                        else
+                            snprintf(e->why, sizeof e->why, "%s", moe_errmsg());
+                    }
+    moe_error_clear();
+    free(cfg);
+    qsort(t, cnt, sizeof *t, cmp_layout);
+    *out = t;
+    *n = (int)cnt;
+    return MOE_OK;
+}
+
+// ----------------------------------------------------------------------------
+// one MoE layer, Comet / flux style
+
+moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_hwprofile *hw,
+                                       const moe_cost_opts *o, moe_cost_layer_report *out)
+{
+    MOE_TRY(check_opts(o));
+    if (s->tokens <= 0 || s->hidden < 1 || s->ffn < 1 || s->experts < 1 || s->topk < 1 || s->tp < 1 || s->ep < 1 ||
+        s->splits < 1 || s->experts % s->ep || s->ffn % s->tp || s->topk > s->experts)
+        return moe_fail(MOE_ERR_USAGE,
+                        "MoE layer shape: tokens %g, hidden %d, ffn %d, experts %d, top-k %d, tp %d, ep %d, splits %d "
+                        "(need positive sizes, ep | experts, tp | ffn, top-k <= experts)",
+                        s->tokens, s->hidden, s->ffn, s->experts, s->topk, s->tp, s->ep, s->splits);
+    if (!s->allgather && s->tp > 1)
+        return moe_fail(MOE_ERR_USAGE, "MoE layer shape: the all-to-all form is modelled for tp 1 only (got %d)",
+                        s->tp);
+    int W = s->tp * s->ep;
+    int prec = o->precision == MOE_PREC_AUTO ? (strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32)
+                                             : o->precision;
+    double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
+    machine m = {
+        .peak = hw->gemm_tflops * 1e12 / (hw->shared ? W : 1),
+        .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
+        .membw = hw->mem_bw_gbs * 1e9 / (hw->shared ? W : 1),
+        .intra_bw = hw->intra_gbs * 1e9 * le,
+        .inter_bw = hw->inter_gbs * 1e9 * le,
+        .intra_lat = hw->intra_lat_us * 1e-6,
+        .inter_lat = hw->inter_lat_us * 1e-6,
+        .w = prec == MOE_PREC_BF16 ? 2 : 4,
+    };
+    int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
+    group_link g = {.n = W, .cross = W > rpn, .local = W < rpn ? W : rpn};
+    double El = (double)s->experts / s->ep, rows = s->tokens * s->topk / s->ep / El; /* per local expert */
+    double Fl = (double)s->ffn / s->tp, H = s->hidden;
+    out->gemm0_s = El * gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl);
+    out->gemm1_s = El * gemm_time(&m, rows, Fl, H);
+    if (s->allgather) {
+        out->comm0_s = ag_time(&m, &g, s->tokens * H * m.w);       /* every rank gets every token */
+        out->comm1_s = ag_time(&m, &g, s->tokens / s->ep * H * m.w); /* partial sums reduce-scattered home */
+    } else {
+        double held = s->tokens / W * s->topk * H * m.w;
+        out->comm0_s = a2a_time(&m, &g, held);
+        out->comm1_s = a2a_time(&m, &g, held);
+    }
+    double lat = link_lat(&m, &g);
+    out->layer0_seq_s = out->comm0_s + out->gemm0_s;
+    out->layer1_seq_s = out->comm1_s + out->gemm1_s;
+    out->layer0_ov_s = fmax(out->comm0_s, out->gemm0_s) + fmin(out->comm0_s, out->gemm0_s) / W + W * lat;
+    out->layer1_ov_s =
+        fmax(out->comm1_s, out->gemm1_s) + fmin(out->comm1_s, out->gemm1_s) / s->splits + s->splits * lat;
+    return MOE_OK;
+}

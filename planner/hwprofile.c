@@ -1,0 +1,273 @@
+/*
+** hwprofile.c: the hardware profile YAML reader (libyaml events). See
+** hwprofile.h for the format and what is refused.
+*/
+#include "planner/hwprofile.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+typedef enum { F_STRING, F_REAL, F_INT } field_type;
+
+typedef struct {
+    const char *key;
+    field_type type;
+    size_t off;
+    double min, max; /* inclusive range for numbers */
+} field_def;
+
+#define OFF(m) offsetof(moe_hwprofile, m)
+static const field_def FIELDS[MOE_HW_NFIELDS] = {
+    [MOE_HW_DTYPE] = {"dtype", F_STRING, OFF(dtype), 0, 0},
+    [MOE_HW_GEMM_TFLOPS] = {"gemm_tflops", F_REAL, OFF(gemm_tflops), 1e-6, 1e6},
+    [MOE_HW_GEMM_EFFICIENCY] = {"gemm_efficiency", F_REAL, OFF(gemm_efficiency), 1e-3, 1},
+    [MOE_HW_MEM_BW_GBS] = {"mem_bw_gbs", F_REAL, OFF(mem_bw_gbs), 1e-3, 1e6},
+    [MOE_HW_MEM_GIB] = {"mem_gib", F_REAL, OFF(mem_gib), 1e-3, 1e6},
+    [MOE_HW_RANKS_PER_NODE] = {"ranks_per_node", F_INT, OFF(ranks_per_node), 1, 1 << 20},
+    [MOE_HW_SHARED] = {"shared", F_INT, OFF(shared), 0, 1},
+    [MOE_HW_INTRA_GBS] = {"intra_node_gbs", F_REAL, OFF(intra_gbs), 1e-6, 1e6},
+    [MOE_HW_INTRA_LAT_US] = {"intra_node_latency_us", F_REAL, OFF(intra_lat_us), 0, 1e6},
+    [MOE_HW_INTER_GBS] = {"inter_node_gbs", F_REAL, OFF(inter_gbs), 1e-6, 1e6},
+    [MOE_HW_INTER_LAT_US] = {"inter_node_latency_us", F_REAL, OFF(inter_lat_us), 0, 1e6},
+    [MOE_HW_LINK_EFFICIENCY] = {"link_efficiency", F_REAL, OFF(link_efficiency), 1e-3, 1},
+};
+#undef OFF
+
+const char *moe_hw_field_key(moe_hw_field f)
+{
+    return (unsigned)f < MOE_HW_NFIELDS ? FIELDS[f].key : "?";
+}
+
+int moe_hwprofile_dtype_bytes(const moe_hwprofile *hw)
+{
+    return strcmp(hw->dtype, "bf16") == 0 ? 2 : 4;
+}
+
+// ----------------------------------------------------------------------------
+// reading
+
+typedef struct {
+    yaml_parser_t parser;
+    FILE *file;
+    const char *path;
+} reader;
+
+static size_t line_of(yaml_mark_t m) { return m.line + 1; }
+
+static moe_status next_event(reader *r, yaml_event_t *ev)
+{
+    if (yaml_parser_parse(&r->parser, ev))
+        return MOE_OK;
+    yaml_parser_t *p = &r->parser;
+    if (p->error == YAML_MEMORY_ERROR)
+        return moe_fail(MOE_ERR_NOMEM, "%s: out of memory while parsing YAML", r->path);
+    return moe_fail(MOE_ERR_USAGE, "%s:%zu: malformed YAML: %s", r->path, line_of(p->problem_mark),
+                    p->problem ? p->problem : "syntax error");
+}
+
+/* Next event, which must be of type t; `what` names it for the message. */
+static moe_status expect(reader *r, yaml_event_t *ev, yaml_event_type_t t, const char *what)
+{
+    MOE_TRY(next_event(r, ev));
+    if (ev->type == t)
+        return MOE_OK;
+    size_t line = line_of(ev->start_mark);
+    yaml_event_delete(ev);
+    return moe_fail(MOE_ERR_USAGE, "%s:%zu: expected %s", r->path, line, what);
+}
+
+static moe_status copy_text(reader *r, size_t line, const char *key, const char *s, char *out, size_t cap)
+{
+    if (strlen(s) >= cap)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: text longer than %zu characters", r->path, line, key, cap - 1);
+    memcpy(out, s, strlen(s) + 1);
+    return MOE_OK;
+}
+
+static moe_status set_value(reader *r, size_t line, const field_def *f, const char *s, moe_hwprofile *hw)
+{
+    if (f->type == F_STRING) {
+        if (strcmp(s, "bf16") != 0 && strcmp(s, "fp32") != 0)
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: '%s' is not bf16 or fp32", r->path, line, f->key, s);
+        return copy_text(r, line, f->key, s, (char *)hw + f->off, sizeof hw->dtype);
+    }
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v))
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: '%s' is not a number", r->path, line, f->key, s);
+    if (v < f->min || v > f->max)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: %g is out of range [%g, %g]", r->path, line, f->key, v, f->min,
+                        f->max);
+    if (f->type == F_INT) {
+        if (v != floor(v))
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: %g is not an integer", r->path, line, f->key, v);
+        *(int *)((char *)hw + f->off) = (int)v;
+    } else
+        *(double *)((char *)hw + f->off) = v;
+    return MOE_OK;
+}
+
+/* The body of `key: {value: V, source: S}` after its MAPPING_START. */
+static moe_status read_sourced(reader *r, size_t line, moe_hw_field k, moe_hwprofile *hw)
+{
+    const field_def *f = &FIELDS[k];
+    char value[128] = "", source[sizeof hw->source[0]] = "";
+    int have_value = 0, have_source = 0;
+    for (;;) {
+        yaml_event_t ev;
+        MOE_TRY(next_event(r, &ev));
+        if (ev.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&ev);
+            break;
+        }
+        if (ev.type != YAML_SCALAR_EVENT) {
+            size_t l = line_of(ev.start_mark);
+            yaml_event_delete(&ev);
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: expected `value` or `source`", r->path, l, f->key);
+        }
+        char sub[16];
+        size_t l = line_of(ev.start_mark);
+        int is_value = strcmp((const char *)ev.data.scalar.value, "value") == 0;
+        int is_source = strcmp((const char *)ev.data.scalar.value, "source") == 0;
+        snprintf(sub, sizeof sub, "%s", (const char *)ev.data.scalar.value);
+        yaml_event_delete(&ev);
+        if (!is_value && !is_source)
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: unknown key '%s' (expected value and source)", r->path, l,
+                            f->key, sub);
+        if ((is_value && have_value) || (is_source && have_source))
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: '%s' given twice", r->path, l, f->key, sub);
+        MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, "a scalar"));
+        moe_status st = is_value
+                            ? copy_text(r, l, f->key, (const char *)ev.data.scalar.value, value, sizeof value)
+                            : copy_text(r, l, f->key, (const char *)ev.data.scalar.value, source, sizeof source);
+        yaml_event_delete(&ev);
+        MOE_TRY(st);
+        have_value |= is_value;
+        have_source |= is_source;
+    }
+    if (!have_value)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s has no value", r->path, line, f->key);
+    if (!have_source || !source[strspn(source, " \t")])
+        return moe_fail(MOE_ERR_USAGE,
+                        "%s:%zu: %s = %s has no source: every number needs `source: \"where it comes from\"`",
+                        r->path, line, f->key, value);
+    MOE_TRY(set_value(r, line, f, value, hw));
+    memcpy(hw->source[k], source, sizeof source);
+    return MOE_OK;
+}
+
+static int field_of(const char *key)
+{
+    for (int k = 0; k < MOE_HW_NFIELDS; k++)
+        if (strcmp(FIELDS[k].key, key) == 0)
+            return k;
+    return -1;
+}
+
+/* One `key: ...` pair of the top-level mapping, its key event already read. */
+static moe_status read_pair(reader *r, const char *key, size_t line, moe_hwprofile *hw, size_t *seen)
+{
+    yaml_event_t ev;
+    int k = field_of(key);
+    int is_name = strcmp(key, "name") == 0, is_desc = strcmp(key, "description") == 0;
+    if (k < 0 && !is_name && !is_desc)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: unknown key '%s'", r->path, line, key);
+    int slot = is_name ? MOE_HW_NFIELDS : is_desc ? MOE_HW_NFIELDS + 1 : k;
+    if (seen[slot])
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: '%s' given twice (first at line %zu)", r->path, line, key,
+                        seen[slot]);
+    seen[slot] = line;
+    MOE_TRY(next_event(r, &ev));
+    if (is_name || is_desc) {
+        moe_status st = ev.type == YAML_SCALAR_EVENT
+                            ? (is_name ? copy_text(r, line, key, (const char *)ev.data.scalar.value, hw->name,
+                                                   sizeof hw->name)
+                                       : copy_text(r, line, key, (const char *)ev.data.scalar.value,
+                                                   hw->description, sizeof hw->description))
+                            : moe_fail(MOE_ERR_USAGE, "%s:%zu: %s must be a plain string", r->path, line, key);
+        yaml_event_delete(&ev);
+        return st;
+    }
+    if (ev.type == YAML_SCALAR_EVENT) {
+        char v[64];
+        snprintf(v, sizeof v, "%s", (const char *)ev.data.scalar.value);
+        yaml_event_delete(&ev);
+        return moe_fail(MOE_ERR_USAGE,
+                        "%s:%zu: %s = %s has no source: write it as `%s: {value: %s, source: \"where it comes "
+                        "from\"}`",
+                        r->path, line, key, v, key, v);
+    }
+    int is_map = ev.type == YAML_MAPPING_START_EVENT;
+    yaml_event_delete(&ev);
+    if (!is_map)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s must be a mapping with value and source", r->path, line, key);
+    return read_sourced(r, line, (moe_hw_field)k, hw);
+}
+
+static moe_status read_document(reader *r, moe_hwprofile *hw)
+{
+    yaml_event_t ev;
+    size_t seen[MOE_HW_NFIELDS + 2] = {0};
+    MOE_TRY(expect(r, &ev, YAML_STREAM_START_EVENT, "a YAML stream"));
+    yaml_event_delete(&ev);
+    MOE_TRY(next_event(r, &ev));
+    int empty = ev.type == YAML_STREAM_END_EVENT;
+    yaml_event_delete(&ev);
+    if (empty)
+        return moe_fail(MOE_ERR_USAGE, "%s: empty file (expected a hardware profile mapping)", r->path);
+    MOE_TRY(expect(r, &ev, YAML_MAPPING_START_EVENT, "a mapping of profile keys"));
+    yaml_event_delete(&ev);
+    for (;;) {
+        MOE_TRY(next_event(r, &ev));
+        if (ev.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&ev);
+            break;
+        }
+        if (ev.type != YAML_SCALAR_EVENT) {
+            size_t l = line_of(ev.start_mark);
+            yaml_event_delete(&ev);
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: expected a key", r->path, l);
+        }
+        char key[64];
+        size_t line = line_of(ev.start_mark);
+        snprintf(key, sizeof key, "%s", (const char *)ev.data.scalar.value);
+        yaml_event_delete(&ev);
+        MOE_TRY(read_pair(r, key, line, hw, seen));
+    }
+    if (!seen[MOE_HW_NFIELDS] || !hw->name[0])
+        return moe_fail(MOE_ERR_USAGE, "%s: missing key 'name'", r->path);
+    for (int k = 0; k < MOE_HW_NFIELDS; k++)
+        if (!seen[k])
+            return moe_fail(MOE_ERR_USAGE, "%s: missing key '%s'", r->path, FIELDS[k].key);
+    return MOE_OK;
+}
+
+moe_status moe_hwprofile_load(const char *path, moe_hwprofile *out)
+{
+    reader r = {.path = path};
+    r.file = fopen(path, "rb");
+    if (!r.file)
+        return moe_fail(MOE_ERR_USAGE, "cannot open hardware profile %s: %s", path, strerror(errno));
+    if (!yaml_parser_initialize(&r.parser)) {
+        fclose(r.file);
+        return moe_fail(MOE_ERR_NOMEM, "%s: cannot initialise the YAML parser", path);
+    }
+    yaml_parser_set_input_file(&r.parser, r.file);
+    moe_hwprofile *hw = calloc(1, sizeof *hw);
+    moe_status st = hw ? read_document(&r, hw) : moe_fail(MOE_ERR_NOMEM, "hardware profile");
+    yaml_parser_delete(&r.parser);
+    fclose(r.file);
+    if (st == MOE_OK) {
+        snprintf(hw->path, sizeof hw->path, "%s", path);
+        *out = *hw;
+    } else
+        moe_trace_frame(__FILE__, __LINE__);
+    free(hw);
+    return st;
+}

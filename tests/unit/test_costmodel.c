@@ -1,0 +1,532 @@
+/* The cost model and `moe plan parallel`: FLOPs against runtime/flops.c,
+** memory of a known layout by hand, a layout that cannot fit is refused, the
+** ranking follows predicted throughput, pipeline figures against
+** parallel/pp_schedule, link choice from the rank mapping, communication
+** volumes, hardware profile refusals, and the command line. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch/plan_parallel.h"
+#include "parallel/pp_schedule.h"
+#include "planner/costmodel.h"
+#include "planner/hwprofile.h"
+#include "runtime/base/config.h"
+#include "runtime/base/status.h"
+#include "runtime/model.h"
+#include "testutil.h"
+
+#define HW_DIR MOE_SRC_DIR "/configs/hw"
+
+static moe_hwprofile load_hw(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", HW_DIR, name);
+    moe_hwprofile hw;
+    moe_status st = moe_hwprofile_load(path, &hw);
+    ck_assert_msg(st == MOE_OK, "%s: %s", path, moe_errmsg());
+    return hw;
+}
+
+/* configs/tiny.yaml's model (4 layers here), vocabulary 256, fp32, one rank. */
+static moe_config tiny(void)
+{
+    moe_config c;
+    moe_config_defaults(&c);
+    c.num_layers = 2, c.hidden_size = 64, c.ffn_hidden_size = 256, c.num_attention_heads = 4;
+    c.num_query_groups = 2, c.seq_length = 64, c.vocab_size = 256, c.num_experts = 4;
+    c.moe_router_topk = 2, c.moe_ffn_hidden_size = 128;
+    c.micro_batch_size = 8, c.global_batch_size = 32;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    return c;
+}
+
+static moe_config mixtral_8x22b(void)
+{
+    moe_config c;
+    moe_config_defaults(&c);
+    c.num_layers = 56, c.hidden_size = 6144, c.ffn_hidden_size = 16384, c.num_attention_heads = 48;
+    c.num_query_groups = 8, c.seq_length = 4096, c.vocab_size = 32000, c.num_experts = 8;
+    c.moe_router_topk = 2, c.moe_ffn_hidden_size = 16384, c.untie_embeddings_and_output_weights = 1;
+    c.micro_batch_size = 1, c.global_batch_size = 256, c.use_distributed_optimizer = 1;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    return c;
+}
+
+static void set_layout(moe_config *c, int world, int tp, int cp, int pp, int ep, int etp)
+{
+    c->nproc = world, c->tensor_model_parallel_size = tp, c->context_parallel_size = cp;
+    c->pipeline_model_parallel_size = pp, c->expert_model_parallel_size = ep, c->expert_tensor_parallel_size = etp;
+    c->sequence_parallel = tp > 1;
+}
+
+static moe_cost_report step(const moe_config *c, const moe_hwprofile *hw, const moe_cost_opts *o)
+{
+    moe_cost_report r;
+    moe_status st = moe_costmodel_step(c, hw, o, &r);
+    ck_assert_msg(st == MOE_OK, "step: %s", moe_errmsg());
+    return r;
+}
+
+static int close_rel(double a, double b, double tol) { return fabs(a - b) <= tol * fmax(fabs(a), fabs(b)); }
+
+// ----------------------------------------------------------------------------
+
+START_TEST(test_flops_match_runtime)
+{
+    moe_config cs[6];
+    cs[0] = tiny();
+    cs[1] = tiny();
+    cs[1].num_layers = 4;
+    snprintf(cs[1].moe_layer_freq, sizeof cs[1].moe_layer_freq, "[0,1,1,0]"); /* dense layers too */
+    cs[1].moe_shared_expert_intermediate_size = 192;
+    ck_assert_int_eq(moe_config_validate(&cs[1]), MOE_OK);
+    cs[2] = mixtral_8x22b();
+    moe_config_defaults(&cs[3]); /* Qwen2-57B-A14B */
+    cs[3].num_layers = 28, cs[3].hidden_size = 3584, cs[3].ffn_hidden_size = 18944, cs[3].num_attention_heads = 28;
+    cs[3].num_query_groups = 4, cs[3].seq_length = 4096, cs[3].vocab_size = 151936, cs[3].num_experts = 64;
+    cs[3].moe_router_topk = 8, cs[3].moe_ffn_hidden_size = 2560, cs[3].moe_shared_expert_intermediate_size = 20480;
+    ck_assert_int_eq(moe_config_validate(&cs[3]), MOE_OK);
+    moe_config_defaults(&cs[4]); /* configs/small.yaml */
+    cs[4].num_layers = 8, cs[4].hidden_size = 512, cs[4].ffn_hidden_size = 2048, cs[4].num_attention_heads = 8;
+    cs[4].num_query_groups = 8, cs[4].seq_length = 256, cs[4].vocab_size = 256, cs[4].num_experts = 8;
+    cs[4].moe_router_topk = 2, cs[4].moe_ffn_hidden_size = 1024, cs[4].micro_batch_size = 4;
+    cs[4].global_batch_size = 4;
+    ck_assert_int_eq(moe_config_validate(&cs[4]), MOE_OK);
+    cs[5] = cs[1];
+    snprintf(cs[5].moe_layer_freq, sizeof cs[5].moe_layer_freq, "2"); /* every 2nd layer */
+    cs[5].num_query_groups = 4;                                        /* multi-head, no GQA */
+    ck_assert_int_eq(moe_config_validate(&cs[5]), MOE_OK);
+    for (int i = 0; i < 6; i++) {
+        double a = moe_cost_flops_per_token(&cs[i]), b = moe_flops_per_token(&cs[i]);
+        ck_assert_msg(close_rel(a, b, 1e-12), "config %d: cost model %.17g, runtime %.17g FLOPs/token", i, a, b);
+        double total, active;
+        moe_cost_param_counts(&cs[i], &total, &active);
+        ck_assert_msg(close_rel(active, moe_active_params(&cs[i]), 1e-12), "config %d active %.17g vs %.17g", i,
+                      active, moe_active_params(&cs[i]));
+        ck_assert(total >= active);
+    }
+    /* the small config's 215 MFLOP/token (docs/performance.md) */
+    ck_assert(fabs(moe_cost_flops_per_token(&cs[4]) / 1e6 - 215) < 1);
+    /* Mixtral 8x22B: 141 B parameters, 39 B active (Mistral's figures) */
+    double total, active;
+    moe_cost_param_counts(&cs[2], &total, &active);
+    ck_assert_msg(fabs(total / 1e9 - 141) < 1.5 && fabs(active / 1e9 - 39) < 1.0, "Mixtral %g B / %g B", total / 1e9,
+                  active / 1e9);
+}
+END_TEST
+
+/* Two layers, hidden 64, 4 heads / 2 KV groups (head 16, QKV 128), 4 experts
+** top-2 of width 128, vocabulary 256, tied; 4 ranks: PP2 x EP2 (DP 2, EDP 1),
+** fp32, micro-batch 8 of 64 tokens, 2 micro-batches per DP rank. */
+START_TEST(test_memory_by_hand)
+{
+    moe_hwprofile hw = load_hw("this-machine.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = tiny();
+    set_layout(&c, 4, 1, 1, 2, 2, 1);
+    moe_cost_report r = step(&c, &hw, &o);
+    ck_assert_int_eq(r.dp, 2);
+    ck_assert_int_eq(r.edp, 1);
+    ck_assert_int_eq(r.micro_batches, 2);
+
+    /* stage 0: layer 0 and the embedding */
+    double attn = 64.0 * 128 + 64 * 64 + 2 * 64; /* qkv, out, two norms: 12416 */
+    double dense = attn + 64 * 4 + 256 * 64;    /* + router + embedding: 29056 */
+    double expert = 2 * 3 * 64.0 * 128;         /* two local experts: 49152 */
+    double n = dense + expert;
+    ck_assert_int_eq(r.mem_stage, 0);
+    ck_assert(close_rel(r.mem_params, 4 * n, 1e-12));
+    ck_assert(close_rel(r.mem_grads, 4 * n, 1e-12));
+    ck_assert(close_rel(r.mem_optimizer, 8 * n, 1e-12));
+    /* one layer's saved tensors, 512 tokens: x, norm out (C each), qkv (128),
+    ** attention out (C); the fp32 T x T probabilities (CP 1); MLP norm in
+    ** and out; router probabilities (E, fp32); 1024 routed rows of in, out
+    ** (C each), h13 (2F) and act (F) */
+    double layer = (2 * 512 * 64 + 512 * 128 + 512 * 64) * 4.0 + 8.0 * 4 * 64 * 64 * 4 + 2 * 512 * 64 * 4.0 +
+                   512 * 4 * 4.0 + 1024 * (2 * 64 + 3 * 128) * 4.0;
+    ck_assert_msg(fabs(layer - 3547136) < 1, "%g", layer);
+    double act = 2 * layer + 2 * 512 * 64 * 4.0; /* two micro-batches in flight + the embedding outputs */
+    ck_assert_msg(close_rel(r.mem_activations, act, 1e-12), "activations %.17g, by hand %.17g", r.mem_activations,
+                  act);
+    double buffers = 2 * 1024 * 64 * 4.0 + 2 * 512 * 64 * 4.0; /* dispatch send/receive, stage send/receive */
+    ck_assert(close_rel(r.mem_buffers, buffers, 1e-12));
+    ck_assert(close_rel(r.mem_total, 16 * n + act + buffers, 1e-12));
+    ck_assert(fabs(r.mem_total - 9394176) < 1);
+    /* the machine's 23.5 GiB shared by 4 ranks, 90% usable */
+    ck_assert(close_rel(r.mem_capacity, 23.5 * 1073741824.0 * 0.9 / 4, 1e-12));
+    ck_assert(r.fits);
+
+    /* the distributed optimizer shards m and v: non-expert over dp x cp = 4,
+    ** experts over EDP = 2 (DP4 x EP2, one stage, bf16 mixed: 12 B) */
+    set_layout(&c, 4, 1, 1, 1, 2, 1);
+    c.use_distributed_optimizer = 1;
+    c.global_batch_size = 32;
+    o.precision = MOE_PREC_BF16;
+    r = step(&c, &hw, &o);
+    double d1 = 2 * attn + 2 * 64 * 4 + 256 * 64 + 64, e1 = 2 * expert; /* 2 layers, embedding, final norm */
+    ck_assert(close_rel(r.mem_params, 2 * (d1 + e1), 1e-12));
+    ck_assert(close_rel(r.mem_grads, 4 * (d1 + e1), 1e-12));
+    ck_assert(close_rel(r.mem_optimizer, 12 * (d1 / 4 + e1 / 2), 1e-12));
+}
+END_TEST
+
+START_TEST(test_does_not_fit_refused)
+{
+    moe_hwprofile hw = load_hw("h100-sxm.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = mixtral_8x22b();
+    /* 141 B parameters on 8 GPUs: 16 B per parameter is 280 GiB a GPU */
+    set_layout(&c, 8, 8, 1, 1, 8, 1);
+    moe_cost_report r = step(&c, &hw, &o);
+    ck_assert(!r.fits);
+    ck_assert(r.mem_total > r.mem_capacity);
+    ck_assert_msg(strstr(r.reason, "GiB") && strstr(r.reason, "usable"), "%s", r.reason);
+
+    moe_cost_filter f = {.sp = -1};
+    moe_cost_layout *t;
+    int n;
+    ck_assert_int_eq(moe_costmodel_search(&c, 8, &hw, &o, &f, &t, &n), MOE_OK);
+    int valid = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(!(t[i].valid && t[i].r.fits), "tp %d pp %d ep %d fits?", t[i].tp, t[i].pp, t[i].ep);
+        valid += t[i].valid;
+        if (t[i].valid)
+            ck_assert(t[i].r.reason[0]);
+        else
+            ck_assert(t[i].why[0]);
+    }
+    ck_assert(valid > 0);
+    free(t);
+
+    /* the published layout on 128 GPUs fits */
+    set_layout(&c, 128, 2, 1, 8, 8, 1);
+    r = step(&c, &hw, &o);
+    ck_assert_msg(r.fits, "%s", r.reason);
+}
+END_TEST
+
+START_TEST(test_ranking_by_throughput)
+{
+    moe_hwprofile hw = load_hw("h100-sxm.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = tiny();
+    c.num_layers = 4, c.num_experts = 8, c.hidden_size = 256, c.num_attention_heads = 8, c.num_query_groups = 4;
+    c.moe_ffn_hidden_size = 512, c.seq_length = 256, c.micro_batch_size = 2, c.global_batch_size = 64;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    moe_cost_filter f = {.sp = -1};
+    moe_cost_layout *t;
+    int n;
+    ck_assert_int_eq(moe_costmodel_search(&c, 16, &hw, &o, &f, &t, &n), MOE_OK);
+    int fit = 0, phase = 0;
+    for (int i = 0; i < n; i++) {
+        int cat = !t[i].valid ? 2 : t[i].r.fits ? 0 : 1;
+        ck_assert_msg(cat >= phase, "entry %d out of order", i);
+        phase = cat;
+        if (cat == 0) {
+            fit++;
+            if (i > 0)
+                ck_assert(t[i - 1].r.tokens_per_s >= t[i].r.tokens_per_s);
+            /* the table holds what moe_costmodel_step predicts for that layout */
+            moe_config one = c;
+            set_layout(&one, 16, t[i].tp, t[i].cp, t[i].pp, t[i].ep, t[i].etp);
+            moe_cost_report r = step(&one, &hw, &o);
+            ck_assert(close_rel(r.tokens_per_s, t[i].r.tokens_per_s, 1e-12));
+            ck_assert(close_rel(r.step_s * r.tokens_per_s, 64.0 * 256, 1e-9));
+        }
+    }
+    ck_assert_msg(fit > 10, "%d layouts fit", fit);
+    /* EP must divide the 8 experts: EP 16 is refused with the runtime's words */
+    int seen = 0;
+    for (int i = 0; i < n; i++)
+        if (t[i].ep == 16) {
+            ck_assert(!t[i].valid);
+            ck_assert_msg(strstr(t[i].why, "expert"), "%s", t[i].why);
+            seen = 1;
+        }
+    ck_assert(seen);
+    free(t);
+
+    /* a filter restricts the search */
+    moe_cost_filter g = {.tp = 2, .pp = 2, .sp = -1};
+    ck_assert_int_eq(moe_costmodel_search(&c, 16, &hw, &o, &g, &t, &n), MOE_OK);
+    for (int i = 0; i < n; i++)
+        ck_assert(t[i].tp == 2 && t[i].pp == 2);
+    free(t);
+}
+END_TEST
+
+START_TEST(test_pipeline_against_pp_schedule)
+{
+    for (int p = 1; p <= 8; p++)
+        for (int m = 1; m <= 16; m++)
+            for (int v = 1; v <= 3; v++) {
+                if (v > 1 && m % p)
+                    continue;
+                for (int s = 0; s < p; s++)
+                    ck_assert_int_eq(moe_cost_in_flight(p, s, m, v), moe_pp_max_in_flight(p, s, m, v));
+            }
+    moe_hwprofile hw = load_hw("this-machine.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = tiny();
+    c.num_layers = 4;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    set_layout(&c, 4, 1, 1, 4, 1, 1); /* 4 stages, 4 micro-batches */
+    moe_cost_report r = step(&c, &hw, &o);
+    ck_assert_int_eq(r.micro_batches, 4);
+    ck_assert(close_rel(r.bubble_fraction, moe_pp_bubble_formula(4, 4, 1), 1e-12));
+    ck_assert(close_rel(r.bubble_s, 3 * (r.fwd_mb_s + r.bwd_mb_s), 1e-12));
+    c.num_layers = 8;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    o.vpp = 2;
+    r = step(&c, &hw, &o);
+    ck_assert(close_rel(r.bubble_fraction, moe_pp_bubble_formula(4, 4, 2), 1e-12));
+    o.vpp = 3; /* 8 layers do not split into 4 x 3 chunks */
+    moe_cost_report bad;
+    ck_assert_int_eq(moe_costmodel_step(&c, &hw, &o, &bad), MOE_ERR_USAGE);
+    moe_error_clear();
+}
+END_TEST
+
+START_TEST(test_links_and_volumes)
+{
+    moe_hwprofile hw = load_hw("h100-sxm.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = mixtral_8x22b();
+    c.num_layers = 8, c.global_batch_size = 64;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    /* 16 GPUs, TP2 PP1 EP8 ETP1: TP and EP groups are 2 and 8 consecutive ranks */
+    set_layout(&c, 16, 2, 1, 1, 8, 1);
+    moe_cost_report r = step(&c, &hw, &o);
+    ck_assert_int_eq(r.comm[MOE_COMM_TP].inter_node, 0);
+    ck_assert_int_eq(r.comm[MOE_COMM_EP].inter_node, 0);
+    ck_assert_int_eq(r.comm[MOE_COMM_DP].inter_node, 1); /* dp-cp stride 2 spans both nodes */
+    /* EP bytes: 4 all-to-alls per MoE layer and micro-batch, each of own
+    ** tokens x top-k x hidden x 2 B x (1 - 1/EP); own = 4096 / TP */
+    double per = 2048.0 * 2 * 6144 * 2 * 7 / 8;
+    ck_assert_msg(close_rel(r.comm[MOE_COMM_EP].bytes, 4 * per * 8 * r.micro_batches, 1e-12), "%.17g",
+                  r.comm[MOE_COMM_EP].bytes);
+    /* the same layout with 4 GPUs per node: EP crosses nodes, and costs more */
+    o.ranks_per_node = 4;
+    moe_cost_report r4 = step(&c, &hw, &o);
+    ck_assert_int_eq(r4.comm[MOE_COMM_EP].inter_node, 1);
+    ck_assert(r4.comm[MOE_COMM_EP].exposed_s > 2 * r.comm[MOE_COMM_EP].exposed_s);
+    /* fine overlap hides EP behind the experts: 1 - 1/EP of min(comm, compute) */
+    o.ranks_per_node = 0;
+    c.moe_overlap = 2;
+    moe_cost_report rf = step(&c, &hw, &o);
+    ck_assert(close_rel(rf.ep_hidden, 1 - 1.0 / 8, 1e-12));
+    ck_assert(rf.comm[MOE_COMM_EP].hidden_s > 0);
+    ck_assert(close_rel(rf.comm[MOE_COMM_EP].hidden_s + rf.comm[MOE_COMM_EP].exposed_s,
+                        r.comm[MOE_COMM_EP].exposed_s, 1e-9));
+    ck_assert(rf.step_s < r.step_s);
+    /* DP all-reduce without the distributed optimizer: 2 (n-1)/n of the fp32
+    ** non-expert gradients over dp x cp = 8, plus the experts over EDP = 2 */
+    c.moe_overlap = 0;
+    c.use_distributed_optimizer = 0;
+    r = step(&c, &hw, &o);
+    double attn = 6144.0 * (48 + 16) * 128 / 2 + 6144.0 * 6144 / 2 + 2 * 6144;
+    double dense = 8 * (attn + 6144 * 8) + 2 * 32000.0 * 6144 / 2 + 6144, expert = 8 * 3.0 * 6144 * 16384;
+    double bytes = 2 * 7.0 / 8 * dense * 4 + 2 * 1.0 / 2 * expert * 4;
+    ck_assert_msg(close_rel(r.comm[MOE_COMM_DP].bytes, bytes, 1e-12), "%.17g vs %.17g", r.comm[MOE_COMM_DP].bytes,
+                  bytes);
+}
+END_TEST
+
+START_TEST(test_moe_layer_fwd)
+{
+    moe_hwprofile hw = load_hw("h800.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_cost_layer_shape s = {.tokens = 8192, .hidden = 8192, .ffn = 8192, .experts = 32, .topk = 4,
+                              .tp = 8, .ep = 1, .gated = 0, .allgather = 1, .splits = 8};
+    moe_cost_layer_report r;
+    ck_assert_int_eq(moe_costmodel_moe_layer_fwd(&s, &hw, &o, &r), MOE_OK);
+    /* GEMM0: 2 x 32768 rows x 8192 x 1024 FLOPs at 989 TFLOP/s x 0.6 */
+    ck_assert(close_rel(r.gemm0_s, 2.0 * 32768 * 8192 * 1024 / (989e12 * 0.6), 1e-9));
+    /* all-gather: 7/8 of 8192 x 8192 x 2 B at 200 GB/s x 0.8, 7 steps of 5 us */
+    ck_assert(close_rel(r.comm0_s, 7 * 5e-6 + 7.0 / 8 * 8192 * 8192 * 2 / 160e9, 1e-9));
+    ck_assert(r.layer0_ov_s < r.layer0_seq_s && r.layer0_ov_s >= fmax(r.gemm0_s, r.comm0_s));
+    s.tp = 3;
+    ck_assert_int_eq(moe_costmodel_moe_layer_fwd(&s, &hw, &o, &r), MOE_ERR_USAGE);
+    moe_error_clear();
+}
+END_TEST
+
+// ----------------------------------------------------------------------------
+// hardware profiles
+
+static const char *GOOD =
+    "name: test\n"
+    "dtype: {value: bf16, source: \"a\"}\n"
+    "gemm_tflops: {value: 100, source: \"b\"}\n"
+    "gemm_efficiency: {value: 0.5, source: \"c\"}\n"
+    "mem_bw_gbs: {value: 1000, source: \"d\"}\n"
+    "mem_gib: {value: 40, source: \"e\"}\n"
+    "ranks_per_node: {value: 4, source: \"f\"}\n"
+    "shared: {value: 0, source: \"g\"}\n"
+    "intra_node_gbs: {value: 100, source: \"h\"}\n"
+    "intra_node_latency_us: {value: 2, source: \"i\"}\n"
+    "inter_node_gbs:\n"
+    "  value: 10\n"
+    "  source: \"j\"\n"
+    "inter_node_latency_us: {value: 8, source: \"k\"}\n"
+    "link_efficiency: {value: 0.9, source: \"l\"}\n";
+
+/* GOOD with the line starting with `key` replaced by `with` ("" drops it). */
+static moe_status load_variant(const char *key, const char *with, char *msg, size_t cap)
+{
+    char dir[512], path[600], text[4096] = "";
+    tu_tmpdir(dir, sizeof dir, "hwprofile");
+    snprintf(path, sizeof path, "%s/p.yaml", dir);
+    const char *p = GOOD;
+    while (*p) {
+        const char *e = strchr(p, '\n');
+        size_t len = (size_t)(e - p) + 1;
+        int multi = strncmp(p, "inter_node_gbs:", 15) == 0; /* spans three lines */
+        if (key && strncmp(p, key, strlen(key)) == 0 && p[strlen(key)] == ':') {
+            strcat(text, with);
+            for (int k = 0; k < (multi ? 3 : 1); k++)
+                p = strchr(p, '\n') + 1;
+            continue;
+        }
+        strncat(text, p, len);
+        p += len;
+    }
+    tu_write(path, text);
+    moe_error_clear();
+    moe_hwprofile hw;
+    moe_status st = moe_hwprofile_load(path, &hw);
+    snprintf(msg, cap, "%s", moe_errmsg());
+    moe_error_clear();
+    return st;
+}
+
+START_TEST(test_profile_refusals)
+{
+    char msg[1024];
+    ck_assert_msg(load_variant(NULL, "", msg, sizeof msg) == MOE_OK, "%s", msg);
+    struct {
+        const char *key, *with, *expect;
+    } cases[] = {
+        {"mem_bw_gbs", "", "missing key 'mem_bw_gbs'"},
+        {"name", "", "missing key 'name'"},
+        {"gemm_tflops", "gemm_tflops: 100\n", "no source"},
+        {"gemm_tflops", "gemm_tflops: {value: 100}\n", "no source"},
+        {"gemm_tflops", "gemm_tflops: {value: 100, source: \"\"}\n", "no source"},
+        {"gemm_tflops", "gemm_tflops: {value: fast, source: \"x\"}\n", "not a number"},
+        {"gemm_tflops", "gemm_tflops: {value: 100, source: \"x\", unit: tflops}\n", "unknown key 'unit'"},
+        {"gemm_efficiency", "gemm_efficiency: {value: 1.5, source: \"x\"}\n", "out of range"},
+        {"ranks_per_node", "ranks_per_node: {value: 2.5, source: \"x\"}\n", "not an integer"},
+        {"dtype", "dtype: {value: fp8, source: \"x\"}\n", "not bf16 or fp32"},
+        {"shared", "shared: {value: 0, source: \"g\"}\nshared: {value: 0, source: \"g\"}\n", "given twice"},
+        {"shared", "shared: {value: 0, source: \"g\"}\nflops: {value: 1, source: \"g\"}\n", "unknown key 'flops'"},
+        {"inter_node_gbs", "inter_node_gbs: [10, 20]\n", "mapping with value and source"},
+        {"link_efficiency", "link_efficiency: {value: 0.9, source: \"l\"\n", "malformed YAML"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moe_status st = load_variant(cases[i].key, cases[i].with, msg, sizeof msg);
+        ck_assert_msg(st == MOE_ERR_USAGE, "case %zu accepted", i);
+        ck_assert_msg(strstr(msg, cases[i].expect), "case %zu: '%s' lacks '%s'", i, msg, cases[i].expect);
+    }
+    /* the shipped profiles load, and every field has a source */
+    const char *names[] = {"this-machine.yaml", "h100-sxm.yaml", "a100-sxm.yaml", "h800.yaml"};
+    for (int i = 0; i < 4; i++) {
+        moe_hwprofile hw = load_hw(names[i]);
+        for (int k = 0; k < MOE_HW_NFIELDS; k++)
+            ck_assert_msg(strlen(hw.source[k]) > 10, "%s: %s", names[i], moe_hw_field_key((moe_hw_field)k));
+    }
+    moe_hwprofile h = load_hw("h100-sxm.yaml");
+    ck_assert(h.gemm_tflops == 989 && h.mem_bw_gbs == 3350 && h.intra_gbs == 450 && h.inter_gbs == 50);
+    ck_assert_int_eq(moe_hwprofile_dtype_bytes(&h), 2);
+}
+END_TEST
+
+// ----------------------------------------------------------------------------
+// the command
+
+START_TEST(test_cli)
+{
+    char cmd[2048], out[1 << 16];
+    const char *moe = tu_bin("moe");
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --vocab-size 256 "
+             "--global-batch 32 --json",
+             moe, MOE_SRC_DIR, HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(out[0] == '{' && strstr(out, "\"layouts\":[{\"tp\":") && strstr(out, "\"fits\":true") &&
+                      strstr(out, "\"tokens_per_s\":") && strstr(out, "\"refused\":["),
+                  "%s", out);
+    /* one layout: the breakdown */
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --model %s/configs/tiny.yaml --world 4 --hardware %s/this-machine.yaml --tp 1 --cp 1 "
+             "--pp 1 --ep 2 --etp 1 --global-batch 32 --moe-overlap fine",
+             moe, MOE_SRC_DIR, HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "1 considered: 1 fit") && strstr(out, "memory per rank") && strstr(out, "fine"), "%s",
+                  out);
+    /* nothing fits: Mixtral-sized layers on 4 this-machine ranks */
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --hidden-size 8192 "
+             "--moe-ffn-hidden-size 16384 --num-attention-heads 64 --num-query-groups 8 --num-layers 8",
+             moe, MOE_SRC_DIR, HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "no layout fits") && strstr(out, "do not fit memory") && strstr(out, "GiB usable"),
+                  "%s", out);
+    /* a bad profile, a missing flag, an unknown config key */
+    char dir[512], path[600];
+    tu_tmpdir(dir, sizeof dir, "cli");
+    snprintf(path, sizeof path, "%s/bad.yaml", dir);
+    tu_write(path, "name: x\ngemm_tflops: 5\n");
+    snprintf(cmd, sizeof cmd, "%s plan parallel --config %s/configs/tiny.yaml --world 2 --hw %s", moe, MOE_SRC_DIR,
+             path);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "gemm_tflops = 5 has no source"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s plan parallel --config %s/configs/tiny.yaml --hw %s/h100-sxm.yaml", moe, MOE_SRC_DIR,
+             HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "--world W is required"), "%s", out);
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 2 --hw %s/h100-sxm.yaml --bogus 3", moe,
+             MOE_SRC_DIR, HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    /* the reproduction table */
+    snprintf(cmd, sizeof cmd, "%s plan parallel --reproduce --hw-dir %s --json", moe, HW_DIR);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "\"model\":\"Mixtral 8x22B\"") && strstr(out, "\"published_mfu\":0.493") &&
+                      strstr(out, "\"flux_layers\":["),
+                  "%s", out);
+    /* and in-process, for the usage path */
+    char *argv[] = {"--help"};
+    ck_assert_int_eq(moe_plan_parallel_main(1, argv), 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("costmodel");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_flops_match_runtime);
+    tcase_add_test(tc, test_memory_by_hand);
+    tcase_add_test(tc, test_does_not_fit_refused);
+    tcase_add_test(tc, test_ranking_by_throughput);
+    tcase_add_test(tc, test_pipeline_against_pp_schedule);
+    tcase_add_test(tc, test_links_and_volumes);
+    tcase_add_test(tc, test_moe_layer_fwd);
+    tcase_add_test(tc, test_profile_refusals);
+    tcase_add_test(tc, test_cli);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
