@@ -694,7 +694,7 @@ START_TEST(test_plan_tables_and_errors)
 
     const char *unknown[] = {"frobnicate"};
     ck_assert_int_eq(run_plan(1, unknown, out, sizeof out, err, sizeof err), 2);
-    ck_assert_ptr_nonnull(strstr(err, "unknown plan 'frobnicate' (expected: topology, placement)"));
+    ck_assert_ptr_nonnull(strstr(err, "unknown plan 'frobnicate' (expected: topology, placement, parallel)"));
     ck_assert_int_eq(run_plan(0, unknown, out, sizeof out, err, sizeof err), 2);
 }
 END_TEST
