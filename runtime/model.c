@@ -342,17 +342,24 @@ static moe_status set_dims(moe_model *m, int max_batch)
     m->Fdl = m->Fd / tp;
     m->PPn = p->pp_size > 1 ? p->pp_size : 1;
     m->pp_rank = m->PPn > 1 ? p->pp_rank : 0;
-    if (m->L % m->PPn || m->pp_rank < 0 || m->pp_rank >= m->PPn)
-        return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by the pipeline-parallel size (%d)", m->L,
-                        m->PPn);
+    if (m->L < m->PPn || m->pp_rank < 0 || m->pp_rank >= m->PPn)
+        return moe_fail(MOE_ERR_USAGE, "num-layers (%d) is fewer than the pipeline-parallel size (%d)", m->L, m->PPn);
     m->nchunks = p->vpp > 1 ? p->vpp : 1;
-    int per = m->L / (m->PPn * m->nchunks);
-    if (m->nchunks > MOE_MAX_VPP || per * m->PPn * m->nchunks != m->L)
-        return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by pipeline-parallel size x virtual "
-                        "stages per rank (%d x %d, at most %d virtual stages)", m->L, m->PPn, m->nchunks, MOE_MAX_VPP);
-    for (int k = 0; k < m->nchunks; k++) { /* virtual stage k*P + s, as Megatron numbers them */
-        m->cl0[k] = (k * m->PPn + m->pp_rank) * per;
-        m->cl1[k] = m->cl0[k] + per;
+    if (m->nchunks == 1) { /* even, or the first / last stage's layers given */
+        int first, count;
+        moe_pipeline_stage_layers(c, m->pp_rank, m->PPn, &first, &count);
+        m->cl0[0] = first;
+        m->cl1[0] = first + count;
+    } else {
+        int per = m->L / (m->PPn * m->nchunks);
+        if (m->nchunks > MOE_MAX_VPP || per * m->PPn * m->nchunks != m->L)
+            return moe_fail(MOE_ERR_USAGE, "num-layers (%d) must be divisible by pipeline-parallel size x virtual "
+                            "stages per rank (%d x %d, at most %d virtual stages)", m->L, m->PPn, m->nchunks,
+                            MOE_MAX_VPP);
+        for (int k = 0; k < m->nchunks; k++) { /* virtual stage k*P + s, as Megatron numbers them */
+            m->cl0[k] = (k * m->PPn + m->pp_rank) * per;
+            m->cl1[k] = m->cl0[k] + per;
+        }
     }
     m->has_emb = m->pp_rank == 0;
     m->has_head = m->pp_rank == m->PPn - 1;

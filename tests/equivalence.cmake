@@ -35,6 +35,9 @@ moe_mpi_test(mpi_equiv_pp4 4 mpi_equivalence --pp 4 --layers 4 --ckpt)
 moe_mpi_test(mpi_equiv_pp2_ep2_dp2 4 mpi_equivalence --pp 2 --ep 2 --ckpt)
 moe_mpi_test(mpi_equiv_pp2_ep2_dp2_distopt 4 mpi_equivalence --pp 2 --ep 2 --distopt --ckpt)
 moe_mpi_test(mpi_equiv_tp2_cp2_pp2_ep4 8 mpi_equivalence --pp 2 --tp 2 --sp --cp 2 --ep 4 --ckpt)
+# explicit stage sizes: 1 + 3 layers on 2 stages; 1 + 2 + 2 + 1 on 4
+moe_mpi_test(mpi_equiv_pp2_uneven 2 mpi_equivalence --pp 2 --layers 4 --first 1 --ckpt)
+moe_mpi_test(mpi_equiv_pp4_uneven 4 mpi_equivalence --pp 4 --layers 6 --first 1 --last 1)
 # interleaved 1F1B: 4 layers, 2 stages x 2 virtual stages of one layer each
 moe_mpi_test(mpi_equiv_pp2_vpp2 2 mpi_equivalence --pp 2 --layers 4 --vpl 1 --ckpt)
 moe_mpi_test(mpi_equiv_pp2_vpp2_ep2_dp2 4 mpi_equivalence --pp 2 --layers 4 --vpl 1 --ep 2 --untie)
@@ -54,7 +57,7 @@ foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_
           mpi_equiv_tp2_ep2_etp2 mpi_equiv_tp2_sp_ep2_etp2 mpi_equiv_cp2_ep4 mpi_equiv_tp2_cp2_ep4
           mpi_equiv_tp2_cp2_ep2_distopt mpi_equiv_etp2_ep2 mpi_equiv_pp2 mpi_equiv_pp2_untied mpi_equiv_pp4
           mpi_equiv_pp2_ep2_dp2 mpi_equiv_pp2_ep2_dp2_distopt mpi_equiv_tp2_cp2_pp2_ep4 mpi_equiv_pp2_vpp2
-          mpi_equiv_pp2_vpp2_ep2_dp2 mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
+          mpi_equiv_pp2_vpp2_ep2_dp2 mpi_equiv_pp2_uneven mpi_equiv_pp4_uneven mpi_distopt_np1_ep1 mpi_distopt_np2_ep1 mpi_distopt_np2_ep2
           mpi_distopt_np3_ep1 mpi_distopt_np4_ep2)
   set_property(TEST ${t} APPEND PROPERTY ENVIRONMENT "ASAN_OPTIONS=detect_leaks=0")
 endforeach()

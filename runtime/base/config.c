@@ -109,6 +109,10 @@ const moe_cfg_key moe_cfg_keys[] = {
     /* parallelism */
     INT("tensor-model-parallel-size", tensor_model_parallel_size, 1, PAR, "1", "tensor parallel (TP) size"),
     INT("pipeline-model-parallel-size", pipeline_model_parallel_size, 1, PAR, "1", "pipeline stages (PP)"),
+    INT("decoder-first-pipeline-num-layers", decoder_first_pipeline_num_layers, 0, BIG, "0",
+        "layers of the first pipeline stage (0 = an even split)"),
+    INT("decoder-last-pipeline-num-layers", decoder_last_pipeline_num_layers, 0, BIG, "0",
+        "layers of the last pipeline stage (0 = an even split)"),
     INT("num-layers-per-virtual-pipeline-stage", num_layers_per_virtual_pipeline_stage, 0, BIG, "0",
         "layers per virtual pipeline stage: the interleaved 1F1B schedule (0 = one stage per rank)"),
     INT("context-parallel-size", context_parallel_size, 1, PAR, "1", "context parallel (CP) size"),
@@ -130,6 +134,10 @@ const moe_cfg_key moe_cfg_keys[] = {
     INT("nproc", nproc, 1, PAR, "1", "ranks (processes) in the job"),
     INT("num-threads", num_threads, 0, 4096, "0",
         "compute threads per rank; 0 = MOE_NUM_THREADS / OMP_NUM_THREADS / cores"),
+    INT("max-restarts", max_restarts, 0, 1000, "0",
+        "restarts from the newest checkpoint after a worker fails (back-off 1 s, 2 s, 4 s, ...)"),
+    INT("heartbeat-timeout", heartbeat_timeout, 1, 86400, "10",
+        "seconds a worker may send nothing before the attempt fails"),
 };
 
 #define NKEYS ((int)(sizeof moe_cfg_keys / sizeof moe_cfg_keys[0]))

@@ -82,6 +82,8 @@ typedef struct {
     int tensor_model_parallel_size;
     int pipeline_model_parallel_size;
     int num_layers_per_virtual_pipeline_stage; /* 0: one model chunk per stage */
+    int decoder_first_pipeline_num_layers;     /* 0: even split (see moe_pipeline_stage_layers) */
+    int decoder_last_pipeline_num_layers;
     int context_parallel_size;
     int expert_model_parallel_size;
     int expert_tensor_parallel_size;
@@ -96,6 +98,8 @@ typedef struct {
     char run_dir[MOE_PATH_MAX];
     int nproc;
     int num_threads;              /* 0 = OMP_NUM_THREADS / MOE_NUM_THREADS / cores */
+    int max_restarts;             /* launcher: restarts from the newest checkpoint after a failure */
+    int heartbeat_timeout;        /* launcher: seconds a worker may stay silent */
 } moe_config;
 
 void moe_config_defaults(moe_config *c);
@@ -119,6 +123,12 @@ moe_status moe_config_validate(moe_config *c);
 ** other than none), naming them: the launcher
 ** calls it before starting workers, the workers and the model again. */
 moe_status moe_config_check_build(const moe_config *c);
+
+/* Layers [*first, *first + *count) of pipeline stage s (of P, one model
+** chunk per stage): the first / last stage get decoder-first/last-
+** pipeline-num-layers when set, the other stages share the rest evenly.
+** Valid after moe_config_validate. */
+void moe_pipeline_stage_layers(const moe_config *c, int s, int P, int *first, int *count);
 
 /* Writes every key (resolved values) as YAML that moe_config_load_yaml reads back. */
 moe_status moe_config_write_yaml(const moe_config *c, FILE *f);

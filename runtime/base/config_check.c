@@ -121,8 +121,20 @@ static moe_status check_parallel(const moe_config *c)
             c->moe_shared_expert_intermediate_size);
     REQUIRE(c->moe_ffn_hidden_size % etp == 0,
             "expert-tensor-parallel-size (%lld) must divide moe-ffn-hidden-size (%d)", etp, c->moe_ffn_hidden_size);
-    REQUIRE(c->num_layers % pp == 0, "pipeline-model-parallel-size (%lld) must divide num-layers (%d)", pp,
-            c->num_layers);
+    long long first = c->decoder_first_pipeline_num_layers, last = c->decoder_last_pipeline_num_layers;
+    if (first || last) {
+        long long mid = pp - (first > 0) - (last > 0), rest = c->num_layers - first - last;
+        REQUIRE(pp > 1, "decoder-first/last-pipeline-num-layers (%lld, %lld) need pipeline-model-parallel-size > 1",
+                first, last);
+        REQUIRE(rest >= mid && (mid == 0 ? rest == 0 : rest % mid == 0),
+                "num-layers (%d) minus decoder-first/last-pipeline-num-layers (%lld, %lld) must split evenly over "
+                "the other %lld stages, at least one layer each", c->num_layers, first, last, mid);
+        REQUIRE(c->num_layers_per_virtual_pipeline_stage == 0,
+                "decoder-first/last-pipeline-num-layers and num-layers-per-virtual-pipeline-stage cannot be combined");
+    } else {
+        REQUIRE(c->num_layers % pp == 0, "pipeline-model-parallel-size (%lld) must divide num-layers (%d)", pp,
+                c->num_layers);
+    }
     long long vl = c->num_layers_per_virtual_pipeline_stage;
     if (vl > 0) {
         REQUIRE(pp > 1, "num-layers-per-virtual-pipeline-stage (%lld) needs pipeline-model-parallel-size > 1", vl);
@@ -173,4 +185,30 @@ moe_status moe_config_check_build(const moe_config *c)
     if (c->recompute_granularity != 0)
         return moe_fail(MOE_ERR_USAGE, "recompute-granularity other than none is not supported by this build");
     return MOE_OK;
+}
+
+void moe_pipeline_stage_layers(const moe_config *c, int s, int P, int *first, int *count)
+{
+    int f = c->decoder_first_pipeline_num_layers, l = c->decoder_last_pipeline_num_layers;
+    if (P <= 1) {
+        *first = 0;
+        *count = c->num_layers;
+        return;
+    }
+    if (!f && !l) {
+        *count = c->num_layers / P;
+        *first = s * *count;
+        return;
+    }
+    int mid = P - (f > 0) - (l > 0), per = mid ? (c->num_layers - f - l) / mid : 0;
+    int at = 0;
+    for (int k = 0; k < P; k++) {
+        int n = k == 0 && f ? f : k == P - 1 && l ? l : per;
+        if (k == s) {
+            *first = at;
+            *count = n;
+            return;
+        }
+        at += n;
+    }
 }

@@ -221,8 +221,9 @@ moe_status moe_layout_check_model(const moe_layout *l, int num_experts, int head
     if (query_groups < 1 || query_groups % l->tp != 0)
         return moe_fail(MOE_ERR_USAGE, "number of query groups %d is not divisible by tensor "
                         "parallel size %d", query_groups, l->tp);
-    if (num_layers < 1 || num_layers % l->pp != 0)
-        return moe_fail(MOE_ERR_USAGE, "number of layers %d is not divisible by pipeline parallel size %d",
+    /* how the layers split into stages (evenly, or first/last stage given) is the config's to check */
+    if (num_layers < l->pp)
+        return moe_fail(MOE_ERR_USAGE, "number of layers %d is fewer than the pipeline parallel size %d",
                         num_layers, l->pp);
     if (seq_length < 1)
         return moe_fail(MOE_ERR_USAGE, "sequence length %d must be >= 1", seq_length);

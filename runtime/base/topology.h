@@ -56,7 +56,7 @@ typedef struct { int tp, cp, dp, pp, etp, ep, edp; } moe_coords;
 moe_status moe_layout_init(moe_layout *l, int world, int tp, int cp, int pp, int ep, int etp, const char *order);
 
 /* Checks that a model fits the layout: num_experts % EP, heads % TP,
-** query_groups % TP, num_layers % PP, seq_length % (2*CP) when CP > 1, and
+** query_groups % TP, num_layers >= PP, seq_length % (2*CP) when CP > 1, and
 ** MOE_ERR_USAGE with a message naming the sizes otherwise. */
 moe_status moe_layout_check_model(const moe_layout *l, int num_experts, int heads, int query_groups, int num_layers, int seq_length, int sequence_parallel);
 

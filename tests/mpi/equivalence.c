@@ -37,7 +37,7 @@
 #include "runtime/world.h"
 
 static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute;
-static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap, g_vpl;
+static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap, g_vpl, g_first, g_last;
 static double g_capacity;
 static moe_comm *g_world;
 
@@ -72,6 +72,8 @@ static moe_config make_config(int world)
     c.untie_embeddings_and_output_weights = g_untie;
     c.moe_overlap = g_overlap;
     c.num_layers_per_virtual_pipeline_stage = g_vpl;
+    c.decoder_first_pipeline_num_layers = g_first;
+    c.decoder_last_pipeline_num_layers = g_last;
     c.nproc = world;
     /* dense layer 0 then MoE (every layer MoE with a placement plan) */
     char freq[64] = "[";
@@ -430,6 +432,7 @@ START_TEST(parallel_matches_single_rank)
     single.pipeline_model_parallel_size = 1;
     single.moe_overlap = 0;
     single.num_layers_per_virtual_pipeline_stage = 0;
+    single.decoder_first_pipeline_num_layers = single.decoder_last_pipeline_num_layers = 0;
     single.sequence_parallel = 0;
     ck_assert_int_eq(moe_config_validate(&single), MOE_OK);
 
@@ -441,6 +444,22 @@ START_TEST(parallel_matches_single_rank)
     if (g_starve) {
         starve(moe_trainer_model(par), w.maps, cfg.num_experts);
         starve(moe_trainer_model(ref), NULL, cfg.num_experts);
+    }
+    if (g_first || g_last) { /* the stage holds the layers it was given, not an even share */
+        int n, layers = 0, last_layer = -1, want = -1;
+        const moe_param_info *t = moe_model_params(moe_trainer_model(par), &n);
+        for (int i = 0; i < n; i++) {
+            int L;
+            if (sscanf(t[i].name, "layers.%d.", &L) == 1 && L != last_layer) {
+                layers++;
+                last_layer = L;
+            }
+        }
+        if (w.par.pp_rank == 0 && g_first)
+            want = g_first;
+        if (w.par.pp_rank == w.par.pp_size - 1 && g_last)
+            want = g_last;
+        ck_assert_msg(want < 0 || layers == want, "stage %d holds %d layers, want %d", w.par.pp_rank, layers, want);
     }
     int T = cfg.seq_length, G = cfg.global_batch_size;
     int32_t *gin = malloc(sizeof(int32_t) * G * T), *gtg = malloc(sizeof(int32_t) * G * T);
@@ -506,6 +525,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--layers") == 0 && i + 1 < argc) g_layers = atoi(argv[++i]);
         else if (strcmp(argv[i], "--untie") == 0) g_untie = 1;
         else if (strcmp(argv[i], "--vpl") == 0 && i + 1 < argc) g_vpl = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--first") == 0 && i + 1 < argc) g_first = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--last") == 0 && i + 1 < argc) g_last = atoi(argv[++i]);
         else if (strcmp(argv[i], "--overlap") == 0 && i + 1 < argc) g_overlap = atoi(argv[++i]);
         else if (strcmp(argv[i], "--sp") == 0) g_sp = 1;
         else if (strcmp(argv[i], "--ckpt") == 0) g_ckpt = 1;

@@ -569,7 +569,7 @@ START_TEST(test_check_model)
     model_refused(&l, "number of attention heads 3 is not divisible by tensor parallel size 2", 8, 3, 2, 4,
                   256, 1);
     model_refused(&l, "number of query groups 1 is not divisible by tensor parallel size 2", 8, 4, 1, 4, 256, 1);
-    model_refused(&l, "number of layers 3 is not divisible by pipeline parallel size 2", 8, 4, 2, 3, 256, 1);
+    model_refused(&l, "number of layers 1 is fewer than the pipeline parallel size 2", 8, 4, 2, 1, 256, 1);
     model_refused(&l, "sequence length 6 is not divisible by 2 x context parallel size = 4 (2 x 2)", 8, 4, 2, 4,
                   6, 1);
     ck_assert_msg(moe_layout_check_model(&l, 8, 4, 2, 4, 256, 0) == MOE_OK, "TP 2 MoE without SP: %s", moe_errmsg());
