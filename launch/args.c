@@ -1,5 +1,9 @@
 #include "launch/args.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 int moe_arg_is_flag(const char *a) { return a[0] == '-' && a[1] == '-'; }
@@ -50,4 +54,26 @@ void moe_json_string(FILE *f, const char *s)
             fputc(*p, f);
     }
     fputc('"', f);
+}
+
+moe_status moe_arg_int(const char *name, const char *s, int min, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < min || v > INT_MAX)
+        return moe_fail(MOE_ERR_USAGE, "%s must be an integer >= %d, got '%s'", name, min, s);
+    *out = (int)v;
+    return MOE_OK;
+}
+
+moe_status moe_arg_real(const char *name, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi)
+        return moe_fail(MOE_ERR_USAGE, "%s must be a number in [%g, %g], got '%s'", name, lo, hi, s);
+    *out = v;
+    return MOE_OK;
 }

@@ -16,6 +16,11 @@ int moe_arg_is(const char *a, const char *name);
 /* Value of "--name V" or "--name=V" at argv[*i]; advances *i past what it used. */
 moe_status moe_arg_value(int argc, char **argv, int *i, const char *name, const char **out);
 
+/* A flag's value as an int >= min / a finite number in [lo, hi]: the whole
+** string, else MOE_ERR_USAGE naming the flag and the value. */
+moe_status moe_arg_int(const char *name, const char *s, int min, int *out);
+moe_status moe_arg_real(const char *name, const char *s, double lo, double hi, double *out);
+
 /* A subcommand's exit: prints the failure ("PROG: error: ..." and, for bad
 ** usage, where to find the usage) and returns the exit status. */
 int moe_cmd_exit(const char *prog, moe_status st);

@@ -1,5 +1,6 @@
 #include "launch/plan_parallel.h"
 #include "launch/args.h"
+#include "runtime/base/flops.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -61,27 +62,7 @@ typedef struct {
 // ----------------------------------------------------------------------------
 // command line
 
-static moe_status parse_int(const char *name, const char *s, int min, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > INT_MAX)
-        return moe_fail(MOE_ERR_USAGE, "%s must be an integer >= %d, got '%s'", name, min, s);
-    *out = (int)v;
-    return MOE_OK;
-}
 
-static moe_status parse_real(const char *name, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || !isfinite(v) || v < lo || v > hi)
-        return moe_fail(MOE_ERR_USAGE, "%s must be a number in [%g, %g], got '%s'", name, lo, hi, s);
-    *out = v;
-    return MOE_OK;
-}
 
 static moe_status add_pass(options *o, char *s)
 {
@@ -156,10 +137,10 @@ static moe_status parse_args(int argc, char **argv, options *o)
             o->opts.precision = strcmp(v, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32;
         } else if ((ip = size_flag(o, a, &name))) {
             MOE_TRY(moe_arg_value(argc, argv, &i, name, &v));
-            MOE_TRY(parse_int(name, v, strcmp(name, "--top") == 0 ? 0 : 1, ip));
+            MOE_TRY(moe_arg_int(name, v, strcmp(name, "--top") == 0 ? 0 : 1, ip));
         } else if ((dp = real_flag(o, a, &name, &lo))) {
             MOE_TRY(moe_arg_value(argc, argv, &i, name, &v));
-            MOE_TRY(parse_real(name, v, lo, lo == 1 ? 1e6 : 1, dp));
+            MOE_TRY(moe_arg_real(name, v, lo, lo == 1 ? 1e6 : 1, dp));
         } else if (moe_arg_is_flag(a)) { /* a config key, with its value if one follows */
             MOE_TRY(add_pass(o, a));
             if (!strchr(a, '=') && i + 1 < argc && !moe_arg_is_flag(argv[i + 1]))
@@ -303,7 +284,7 @@ static void print_text(FILE *f, const options *o, const moe_config *c, const moe
     fprintf(f, "  model: %d layers (%d MoE), hidden %d, %d experts top-%d, vocab %d; %.4g B parameters (%.4g B "
                "active), %.4g GFLOP/token\n",
             c->num_layers, moe_layers, c->hidden_size, c->num_experts, c->moe_router_topk, c->vocab_size, total / 1e9,
-            active / 1e9, moe_cost_flops_per_token(c) / 1e9);
+            active / 1e9, moe_flops_per_token(c) / 1e9);
     if (k.fit + k.nofit > 0)
         print_assumptions(f, &o->opts, &t[0].r, hw, c);
     fprintf(f, "  layouts: %d considered: %d fit, %d do not fit memory, %d refused by the runtime's checks%s\n\n", n,
@@ -386,7 +367,7 @@ static void print_json(FILE *f, const options *o, const moe_config *c, const moe
             "\"active_params\":%.6g,\"flops_per_token\":%.6g},\"global_batch\":%d,\"micro_batch\":%d,"
             "\"seq_length\":%d,\"considered\":%d,\"valid\":%d,\"invalid\":%d,",
             c->num_layers, c->hidden_size, c->num_experts, c->moe_router_topk, c->vocab_size, total, active,
-            moe_cost_flops_per_token(c), c->global_batch_size, c->micro_batch_size, c->seq_length, n, k.fit + k.nofit,
+            moe_flops_per_token(c), c->global_batch_size, c->micro_batch_size, c->seq_length, n, k.fit + k.nofit,
             k.invalid);
     const moe_cost_opts *p = &o->opts;
     fprintf(f,

@@ -36,27 +36,7 @@ typedef struct {
     int json, help;
 } options;
 
-static moe_status parse_int(const char *name, const char *s, int min, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > INT_MAX)
-        return moe_fail(MOE_ERR_USAGE, "%s must be an integer >= %d, got '%s'", name, min, s);
-    *out = (int)v;
-    return MOE_OK;
-}
 
-static moe_status parse_real(const char *name, const char *s, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || !isfinite(v) || v < 0)
-        return moe_fail(MOE_ERR_USAGE, "%s must be a non-negative number, got '%s'", name, s);
-    *out = v;
-    return MOE_OK;
-}
 
 static moe_status parse_args(int argc, char **argv, options *o)
 {
@@ -77,27 +57,27 @@ static moe_status parse_args(int argc, char **argv, options *o)
             MOE_TRY(moe_place_method_parse(v, &o->place.method));
         } else if (moe_arg_is(a, "--ep")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--ep", &v));
-            MOE_TRY(parse_int("--ep", v, 1, &o->place.ep));
+            MOE_TRY(moe_arg_int("--ep", v, 1, &o->place.ep));
         } else if (moe_arg_is(a, "--ranks-per-node")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--ranks-per-node", &v));
-            MOE_TRY(parse_int("--ranks-per-node", v, 1, &o->place.ranks_per_node));
+            MOE_TRY(moe_arg_int("--ranks-per-node", v, 1, &o->place.ranks_per_node));
         } else if (moe_arg_is(a, "--slots-per-rank")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--slots-per-rank", &v));
-            MOE_TRY(parse_int("--slots-per-rank", v, 1, &o->place.slots_per_rank));
+            MOE_TRY(moe_arg_int("--slots-per-rank", v, 1, &o->place.slots_per_rank));
         } else if (moe_arg_is(a, "--replicas")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--replicas", &v));
-            MOE_TRY(parse_int("--replicas", v, 0, &o->place.replicas));
+            MOE_TRY(moe_arg_int("--replicas", v, 0, &o->place.replicas));
         } else if (moe_arg_is(a, "--jobs")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--jobs", &v));
-            MOE_TRY(parse_int("--jobs", v, 1, &o->place.jobs));
+            MOE_TRY(moe_arg_int("--jobs", v, 1, &o->place.jobs));
         } else if (moe_arg_is(a, "--time-limit")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--time-limit", &v));
-            MOE_TRY(parse_real("--time-limit", v, &o->place.time_limit_s));
+            MOE_TRY(moe_arg_real("--time-limit", v, 0, 1e9, &o->place.time_limit_s));
             if (o->place.time_limit_s <= 0)
                 return moe_fail(MOE_ERR_USAGE, "--time-limit must be > 0, got '%s'", v);
         } else if (moe_arg_is(a, "--gap")) {
             MOE_TRY(moe_arg_value(argc, argv, &i, "--gap", &v));
-            MOE_TRY(parse_real("--gap", v, &o->place.gap));
+            MOE_TRY(moe_arg_real("--gap", v, 0, 1e9, &o->place.gap));
         } else if (moe_arg_is_flag(a) || a[0] == '-')
             return moe_fail(MOE_ERR_USAGE, "unknown flag '%s'", a);
         else

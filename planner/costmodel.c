@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/base/flops.h"
 #include "runtime/base/topology.h"
 
 void moe_cost_opts_default(moe_cost_opts *o)
@@ -33,46 +34,19 @@ void moe_cost_opts_default(moe_cost_opts *o)
 }
 
 // ----------------------------------------------------------------------------
-// model FLOPs (the same count as runtime/flops.c, which planner cannot link)
-
-static double ffn_flops(const moe_config *c, int is_moe)
-{
-    double C = c->hidden_size;
-    if (!is_moe)
-        return 6.0 * C * c->ffn_hidden_size;
-    return 2.0 * C * c->num_experts + c->moe_router_topk * 6.0 * C * c->moe_ffn_hidden_size +
-           6.0 * C * c->moe_shared_expert_intermediate_size;
-}
-
-double moe_cost_flops_per_token(const moe_config *c)
-{
-    double C = c->hidden_size, T = c->seq_length, V = c->vocab_size;
-    double HD = (double)c->hidden_size / c->num_attention_heads;
-    int nkv = c->num_query_groups ? c->num_query_groups : c->num_attention_heads;
-    double fwd = 0.0;
-    for (int l = 0; l < c->num_layers; l++) {
-        fwd += 2.0 * C * (c->num_attention_heads + 2.0 * nkv) * HD + 2.0 * C * C + 4.0 * T * C;
-        fwd += ffn_flops(c, c->moe_layer_is_moe[l]);
-    }
-    fwd += 2.0 * C * V;
-    return 3.0 * fwd;
-}
+// model parameters (FLOPs per token and active parameters: runtime/base/flops.h)
 
 void moe_cost_param_counts(const moe_config *c, double *total, double *active)
 {
     double C = c->hidden_size, HD = (double)c->hidden_size / c->num_attention_heads;
     int nkv = c->num_query_groups ? c->num_query_groups : c->num_attention_heads;
-    double attn = C * (c->num_attention_heads + 2.0 * nkv) * HD + C * C + 2 * C, t = 0, a = 0;
-    for (int l = 0; l < c->num_layers; l++) {
-        int moe = c->moe_layer_is_moe[l];
-        t += attn + (moe ? C * c->num_experts + 3.0 * C * c->moe_ffn_hidden_size * c->num_experts +
-                               3.0 * C * c->moe_shared_expert_intermediate_size
-                         : 3.0 * C * c->ffn_hidden_size);
-        a += attn + ffn_flops(c, moe) / 2.0;
-    }
-    double V = c->vocab_size;
-    *total = t + C * V * (c->untie_embeddings_and_output_weights ? 2 : 1) + C;
-    *active = a + C * V + C;
+    double attn = C * (c->num_attention_heads + 2.0 * nkv) * HD + C * C + 2 * C, t = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        t += attn + (c->moe_layer_is_moe[l] ? C * c->num_experts + 3.0 * C * c->moe_ffn_hidden_size * c->num_experts +
+                                                  3.0 * C * c->moe_shared_expert_intermediate_size
+                                            : 3.0 * C * c->ffn_hidden_size);
+    *total = t + C * c->vocab_size * (c->untie_embeddings_and_output_weights ? 2 : 1) + C;
+    *active = moe_active_params(c);
 }
 
 // ----------------------------------------------------------------------------
@@ -591,7 +565,7 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->ep = x->EP, r->etp = x->ETP, r->edp = x->EDP, r->vpp = x->v, r->sp = x->SP;
     r->micro_batches = x->m, r->precision = x->prec;
     r->gemm_efficiency = x->mc.eff, r->ep_hidden = x->ep_hidden;
-    r->flops_per_token = moe_cost_flops_per_token(cfg);
+    r->flops_per_token = moe_flops_per_token(cfg);
 
     /* the slowest stage sets the pipeline's pace */
     mb_cost f, b, fs = {0}, bs = {0};

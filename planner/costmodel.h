@@ -15,7 +15,7 @@
 ** costs twice the forward. Element-wise work (norms, softmax, RoPE, SwiGLU)
 ** is not modelled: it is inside gemm_efficiency, an MFU-like factor.
 ** The model FLOPs behind MFU are moe_flops_per_token's (runtime/flops.c:
-** 3 x forward, full T x T attention); moe_cost_flops_per_token computes the
+** 3 x forward, full T x T attention); moe_flops_per_token (runtime/base/flops.h) computes the
 ** same here (planner may not link runtime/). With causal_skip the time
 ** counts the attention scores at half (block kernels skip masked tiles), the
 ** MFU FLOPs do not.
@@ -130,10 +130,6 @@ typedef struct {
     int fits;
     char reason[256];        /* why it does not fit ("" if it does) */
 } moe_cost_report;
-
-/* Model FLOPs per token, 3 x forward with full T x T attention: equals
-** moe_flops_per_token (runtime/flops.c) for a validated config. */
-double moe_cost_flops_per_token(const moe_config *c);
 
 /* Parameters of the whole model (every expert, the embedding and an untied
 ** head) and those one token uses (moe_active_params' count: top-k experts,

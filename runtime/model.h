@@ -45,6 +45,7 @@
 #include "comm/comm.h"
 #include "parallel/ep.h"
 #include "runtime/base/config.h"
+#include "runtime/base/flops.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/status.h"
 
@@ -252,11 +253,6 @@ size_t moe_model_num_params(const moe_model *m);
 float *moe_model_state_data(moe_model *m, size_t *count);
 const moe_config *moe_model_config(const moe_model *m);
 
-/* Model FLOPs of one training token (forward + backward = 3x forward):
-** dense matmuls, top-k experts, router, attention (full T x T per query,
-** the PaLM/Megatron convention), LM head. */
-double moe_flops_per_token(const moe_config *cfg);
-/* Parameters a token touches (embedding excluded), for reports. */
-double moe_active_params(const moe_config *cfg);
+/* moe_flops_per_token and moe_active_params: runtime/base/flops.h */
 
 #endif

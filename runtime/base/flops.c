@@ -1,4 +1,4 @@
-#include "runtime/model.h"
+#include "runtime/base/flops.h"
 
 /* Forward FLOPs of one token through one layer's FFN part. */
 static double ffn_flops(const moe_config *c, int is_moe)
