@@ -16,6 +16,7 @@
 #include "runtime/base/log.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
+#include "runtime/control.h"
 #include "runtime/data.h"
 #include "runtime/peak.h"
 #include "runtime/train_ckpt.h"
@@ -265,6 +266,7 @@ static moe_status train_loop(run_state *s, moe_run_result *res)
         int print = c->log_interval > 0 && (r.step % c->log_interval == 0 || r.step == c->train_iters);
         if (s->metrics_open)
             MOE_TRY(moe_metrics_train(&s->metrics, &r, print));
+        moe_control_report_train(&r); /* no-op without a coordinator */
         res->steps_done = r.step;
         res->last_loss = r.loss;
         if (c->trace_routing[0] && (r.step % c->trace_window == 0 || r.step == c->train_iters))

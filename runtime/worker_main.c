@@ -12,8 +12,10 @@
 #include "runtime/base/config.h"
 #include "runtime/base/cpu.h"
 #include "runtime/base/log.h"
+#include "runtime/control.h"
 #include "runtime/trainer.h"
 #include "runtime/world.h"
+
 
 static void on_signal(int sig)
 {
@@ -68,6 +70,8 @@ int main(int argc, char **argv)
     st = moe_config_parse_args(&cfg, argc, argv, 1);
     if (st == MOE_OK)
         st = moe_world_setup(&w, world, &cfg);
+    if (st == MOE_OK)
+        st = moe_control_start(moe_comm_rank(world), size); /* no-op without MOE_COORDINATOR */
     if (st != MOE_OK)
         return fail(st, size, &w);
 
@@ -80,6 +84,7 @@ int main(int argc, char **argv)
 
     moe_run_result res;
     st = moe_train_run(&cfg, &w.par, &res);
+    moe_control_finish(st);
     if (st != MOE_OK)
         return fail(st, size, &w);
     if (moe_comm_rank(world) == 0) {

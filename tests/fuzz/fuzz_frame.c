@@ -1,6 +1,6 @@
 /*
 ** fuzz_frame: libFuzzer target for the control plane's frame reader and
-** envelope validation (launch/frame.c). tests/fuzz/run_fuzz.sh builds and
+** envelope validation (runtime/base/frame.c). tests/fuzz/run_fuzz.sh builds and
 ** runs it under ASan + UBSan.
 **
 ** Input: byte 0 picks the mode, byte 1 the size of each feed, byte 2 the
@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "launch/frame.h"
+#include "runtime/base/frame.h"
 #include "runtime/base/mem.h"
 
 #define FUZZ_JOB "fuzz-job"

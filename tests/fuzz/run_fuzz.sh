@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the control plane's frame reader and envelope validation
-# (tests/fuzz/fuzz_frame.c against launch/frame.c) under ASan + UBSan.
+# (tests/fuzz/fuzz_frame.c against runtime/base/frame.c) under ASan + UBSan.
 #
 #   tests/fuzz/run_fuzz.sh [SECONDS] [WORKDIR]
 #
@@ -38,7 +38,7 @@ fi
 
 protoc-c --proto_path="$src" --c_out="$work/gen" "$src/proto/control.proto"
 
-srcs=("$src/launch/frame.c" "$work/gen/proto/control.pb-c.c" "$src/runtime/base/status.c"
+srcs=("$src/runtime/base/frame.c" "$work/gen/proto/control.pb-c.c" "$src/runtime/base/status.c"
       "$src/runtime/base/log.c" "$src/runtime/base/mem.c")
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Wno-unused-parameter
        -I"$src" -I"$work/gen")

@@ -1,5 +1,5 @@
 /*
-** test_frame: the control plane's wire layer (launch/frame.h). Every message
+** test_frame: the control plane's wire layer (runtime/base/frame.h). Every message
 ** kind survives a round trip; every hostile frame (junk, oversized, truncated,
 ** tampered, forged, replayed, reordered, another job's, invalid fields) is
 ** refused with the right reason; any split of the byte stream across feeds
@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "launch/frame.h"
+#include "runtime/base/frame.h"
 #include "runtime/base/mem.h"
 #include "testutil.h"
 

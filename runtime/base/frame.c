@@ -3,7 +3,7 @@
 ** environment), validation of decoded envelopes, and the writer/reader pair
 ** that frame, authenticate and sequence them.
 */
-#include "launch/frame.h"
+#include "runtime/base/frame.h"
 
 #include <errno.h>
 #include <fcntl.h>
