@@ -9,6 +9,7 @@
 #include "launch/inspect.h"
 #include "launch/local.h"
 #include "launch/plan.h"
+#include "launch/slurm.h"
 
 static void usage(FILE *f)
 {
@@ -17,6 +18,8 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  train             train a model locally (moe train --help)\n"
+            "  submit            train as a Slurm batch job (moe submit --help)\n"
+            "  status / cancel   a submitted Slurm job's state / cancel it (RUN_DIR or JOBID)\n"
             "  data prepare      turn text into token shards (moe data prepare --help)\n"
             "  inspect           checkpoint DIR | trace FILE | plan PLAN, validated and shown\n"
             "  checkpoint        export / import a checkpoint as safetensors (moe checkpoint --help)\n"
@@ -36,6 +39,12 @@ int moe_cli_main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "train") == 0)
         return moe_train_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "submit") == 0)
+        return moe_submit_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "status") == 0)
+        return moe_job_status_main(argc - 2, argv + 2);
+    if (strcmp(cmd, "cancel") == 0)
+        return moe_job_cancel_main(argc - 2, argv + 2);
     if (strcmp(cmd, "data") == 0) {
         if (argc >= 3 && strcmp(argv[2], "prepare") == 0)
             return moe_data_prepare_main(argc - 3, argv + 3);

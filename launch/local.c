@@ -450,8 +450,7 @@ static int run_job(const moe_config *c, const char *config_path)
     return code;
 }
 
-/* Refuses a layout the workers would refuse, before starting any of them. */
-static moe_status check_layout(const moe_config *c)
+moe_status moe_train_check_layout(const moe_config *c)
 {
     moe_layout l;
     MOE_TRY(moe_layout_init(&l, c->nproc, c->tensor_model_parallel_size, c->context_parallel_size,
@@ -492,7 +491,7 @@ int moe_train_main(int argc, char **argv)
     if (st == MOE_OK)
         st = moe_config_validate(&cfg);
     if (st == MOE_OK)
-        st = check_layout(&cfg);
+        st = moe_train_check_layout(&cfg);
     char config_path[MOE_PATH_MAX + 32];
     if (st == MOE_OK)
         st = prepare_run_dir(&cfg, config_path, sizeof config_path);

@@ -22,8 +22,8 @@ static moe_status make_group(moe_world *w, moe_group_kind k)
 static void local_rank(int *rank, int *size)
 {
     const char *r = getenv("OMPI_COMM_WORLD_LOCAL_RANK"), *s = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-    if (!r)
-        r = getenv("SLURM_LOCALID");
+    if (!r) /* under srun: "2" or "2(x3)"; moe submit asks for the same count on every node */
+        r = getenv("SLURM_LOCALID"), s = getenv("SLURM_STEP_TASKS_PER_NODE");
     *rank = r ? atoi(r) : 0;
     *size = s ? atoi(s) : 1;
 }

@@ -23,7 +23,7 @@ pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin protobuf-c-compiler libprotobuf-c-dev libhwloc-dev
       check libsubunit-dev libopenblas-openmp-dev libyaml-dev libsodium-dev libxxhash-dev
       coinor-libcbc-dev bible-kjv)
-[ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy python3-pip clang)
+[ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy python3-pip clang slurm-wlm munge libpmix2)
 
 missing=()
 for p in "${pkgs[@]}"; do
