@@ -31,6 +31,7 @@ typedef struct {
     double last_seen;     /* moe_now() of the last accepted frame */
     uint32_t pid;
     char host[256];
+    char binding[256]; /* as the worker logs it */
     int64_t step;
 } rank_state;
 
@@ -173,6 +174,11 @@ int moe_coord_done(const moe_coord *c)
 
 uint64_t moe_coord_refusals(const moe_coord *c) { return c->refusals; }
 int64_t moe_coord_last_step(const moe_coord *c) { return c->last_step; }
+
+const char *moe_coord_binding(const moe_coord *c, uint32_t r)
+{
+    return r < c->spec.world_size ? c->ranks[r].binding : "";
+}
 
 void moe_coord_pids(const moe_coord *c, uint32_t *pids)
 {
@@ -390,8 +396,9 @@ static int handle(moe_coord *c, int k, const Moe__Control__Envelope *e, moe_stat
         rs->hello = 1;
         rs->pid = h->pid;
         snprintf(rs->host, sizeof rs->host, "%s", h->hostname);
-        moe_debug("coordinator: rank %u registered: host %s pid %u local rank %u", r, rs->host, rs->pid,
-                  h->local_rank);
+        snprintf(rs->binding, sizeof rs->binding, "%s", h->binding ? h->binding : "");
+        moe_debug("coordinator: rank %u registered: host %s pid %u local rank %u, %s", r, rs->host, rs->pid,
+                  h->local_rank, rs->binding[0] ? rs->binding : "not bound");
         *st = send_job_spec(c, r);
         return 0;
     }

@@ -80,6 +80,8 @@ int64_t moe_coord_last_step(const moe_coord *c); /* from rank 0's StepReports; 0
 ** gethostname) gave in their Hello, 0 for the other ranks; pids[world_size].
 ** The launcher kills them when it stops a failed attempt. */
 void moe_coord_pids(const moe_coord *c, uint32_t *pids);
+/* Rank r's core binding as its Hello gave it ("" before it registered or when unbound). */
+const char *moe_coord_binding(const moe_coord *c, uint32_t r);
 
 /* Sends a Command to every registered rank (best effort: a rank whose socket
 ** does not take it is dropped). */

@@ -34,6 +34,7 @@ typedef struct {
     atomic_long step;
     atomic_int phase;
     int lost;               /* the coordinator went away (thread only) */
+    char binding[256];      /* sent in Hello */
 } client;
 
 static client *cl;
@@ -187,6 +188,7 @@ static moe_status say_hello(client *c)
     h.hostname = hostname;
     h.pid = (uint32_t)getpid();
     h.local_rank = local >= 0 && local < c->world ? (uint32_t)local : 0;
+    h.binding = c->binding;
     Moe__Control__Envelope env = MOE__CONTROL__ENVELOPE__INIT;
     env.body_case = MOE__CONTROL__ENVELOPE__BODY_HELLO;
     env.hello = &h;
@@ -242,7 +244,7 @@ static void client_free(client *c)
     moe_free(c);
 }
 
-moe_status moe_control_start(int rank, int world_size)
+moe_status moe_control_start(int rank, int world_size, const char *binding)
 {
     const char *addr = getenv("MOE_COORDINATOR");
     if (!addr || !*addr || cl)
@@ -256,6 +258,7 @@ moe_status moe_control_start(int rank, int world_size)
     c->fd = c->wake[0] = c->wake[1] = -1;
     c->rank = rank;
     c->world = world_size;
+    snprintf(c->binding, sizeof c->binding, "%s", binding ? binding : "");
     atomic_init(&c->step, 0);
     atomic_init(&c->phase, MOE__CONTROL__PHASE__PHASE_STARTING);
     pthread_mutex_init(&c->send_lock, NULL);

@@ -29,7 +29,7 @@
 #include "runtime/base/status.h"
 #include "runtime/metrics.h"
 
-moe_status moe_control_start(int rank, int world_size);
+moe_status moe_control_start(int rank, int world_size, const char *binding);
 
 /* Whether moe_control_start connected (for tests and log lines). */
 int moe_control_active(void);

@@ -71,7 +71,7 @@ int main(int argc, char **argv)
     if (st == MOE_OK)
         st = moe_world_setup(&w, world, &cfg);
     if (st == MOE_OK)
-        st = moe_control_start(moe_comm_rank(world), size); /* no-op without MOE_COORDINATOR */
+        st = moe_control_start(moe_comm_rank(world), size, w.binding); /* no-op without MOE_COORDINATOR */
     if (st != MOE_OK)
         return fail(st, size, &w);
 

@@ -108,13 +108,14 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
     };
 
     int lr, ls;
-    char desc[256];
+    char *desc = w->binding;
     local_rank(&lr, &ls);
-    if (moe_bind_rank(lr, ls, desc, sizeof desc) == MOE_OK)
+    if (moe_bind_rank(lr, ls, desc, sizeof w->binding) == MOE_OK)
         moe_info("%s", desc);
     else {
         moe_warn("core binding failed: %s", moe_errmsg());
         moe_error_clear();
+        w->binding[0] = '\0';
     }
     if (w->rank == 0)
         moe_info("layout: world %d; PP %d; attention TP %d x CP %d x DP %d%s, experts ETP %d x EP %d x EDP %d; "

@@ -25,6 +25,7 @@ typedef struct {
     int nmaps;
     moe_trainer_par par;
     int rank, size;
+    char binding[256]; /* this process's core binding as logged ("" if binding failed) */
 } moe_world;
 
 /* cfg->nproc is set to the world size. */

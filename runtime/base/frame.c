@@ -351,6 +351,7 @@ static moe_frame_refusal check_hello(const Moe__Control__Hello *m, uint32_t worl
     CHECK_STR("hello.hostname", m->hostname, 1, HOSTNAME_MAX, STR_NAME);
     CHECK(m->pid >= 1, "hello.pid is 0");
     CHECK(m->local_rank < world, "hello.local_rank %u is not below the world size %u", m->local_rank, world);
+    CHECK_STR("hello.binding", m->binding, 0, HOSTNAME_MAX, STR_TEXT);
     return MOE_FRAME_ACCEPTED;
 }
 

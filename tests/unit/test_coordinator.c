@@ -372,7 +372,7 @@ START_TEST(worker_client)
     unsetenv("MOE_JOB_SECRET_FILE");
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, coord_loop, c), 0);
-    ck_assert_msg(moe_control_start(0, 1) == MOE_OK, "%s", moe_errmsg());
+    ck_assert_msg(moe_control_start(0, 1, "rank 0/1 bound to core 1 (PU 1)") == MOE_OK, "%s", moe_errmsg());
     ck_assert(moe_control_active());
     moe_train_metrics m = {.step = 7, .loss = 2.5, .lr = 1e-3, .grad_norm = 0.5};
     moe_control_report_train(&m);
@@ -384,6 +384,7 @@ START_TEST(worker_client)
     ck_assert_int_eq(moe_coord_registered(c), 1);
     ck_assert_int_eq(moe_coord_done(c), 1);
     ck_assert_int_eq(moe_coord_last_step(c), 7);
+    ck_assert_str_eq(moe_coord_binding(c, 0), "rank 0/1 bound to core 1 (PU 1)"); /* registered with its binding */
     unsetenv("MOE_COORDINATOR");
     unsetenv("MOE_JOB_SECRET");
     moe_coord_close(c);
@@ -393,7 +394,7 @@ END_TEST
 START_TEST(client_off_without_coordinator)
 {
     unsetenv("MOE_COORDINATOR");
-    ck_assert_int_eq(moe_control_start(0, 1), MOE_OK);
+    ck_assert_int_eq(moe_control_start(0, 1, ""), MOE_OK);
     ck_assert(!moe_control_active());
     moe_train_metrics m = {.step = 1, .loss = 1};
     moe_control_report_train(&m); /* no-ops */
