@@ -37,6 +37,8 @@ typedef struct {
 
 struct moe_coord {
     moe_coord_spec spec;
+    moe_metrics metrics; /* RUN_DIR/metrics.jsonl and the progress line */
+    int metrics_open;
     moe_secret secret;
     char job_id[MOE_JOB_ID_MAX + 1];
     char addr[96];
@@ -136,6 +138,8 @@ moe_status moe_coord_open(moe_coord **out, const moe_coord_spec *spec)
     c->rx_open = 1;
     MOE_TRY_GOTO(listen_on(c, spec->bind_host ? spec->bind_host : "127.0.0.1"), st, fail);
     MOE_TRY_GOTO(write_addr_file(c), st, fail);
+    MOE_TRY_GOTO(moe_metrics_open(&c->metrics, spec->run_dir, spec->train_iters, spec->metrics_append), st, fail);
+    c->metrics_open = 1;
     moe_debug("coordinator: job %s (attempt %u) listening on %s", c->job_id, spec->attempt, c->addr);
     *out = c;
     return MOE_OK;
@@ -374,6 +378,21 @@ moe_status moe_coord_command(moe_coord *c, Moe__Control__CommandKind kind, const
 /* ------------------------------------------------------------------------ */
 /* the conversation */
 
+/* Rank 0's report as the run's metrics: one metrics.jsonl line, and the
+** progress line every log_interval steps (and at the last). */
+static moe_status write_metrics(moe_coord *c, const Moe__Control__StepReport *s)
+{
+    if (!c->metrics_open)
+        return MOE_OK;
+    if (s->kind == MOE__CONTROL__REPORT_KIND__REPORT_EVAL)
+        return moe_metrics_eval(&c->metrics, (long)s->step, s->loss);
+    moe_train_metrics m = {(long)s->step, s->loss, s->aux_loss, s->z_loss, s->lr, s->grad_norm, s->tokens_per_s,
+                           s->tflops, s->mfu, s->load_imbalance, s->dropped_frac, s->step_ms};
+    long li = c->spec.log_interval;
+    int print = li > 0 && (m.step % li == 0 || m.step == c->spec.train_iters);
+    return moe_metrics_train(&c->metrics, &m, print);
+}
+
 /* Returns nonzero when the connection must be dropped. */
 static int handle(moe_coord *c, int k, const Moe__Control__Envelope *e, moe_status *st)
 {
@@ -422,6 +441,8 @@ static int handle(moe_coord *c, int k, const Moe__Control__Envelope *e, moe_stat
                 c->last_loss = e->step_report->loss;
             }
         }
+        if (r == 0)
+            *st = write_metrics(c, e->step_report);
         break;
     case MOE__CONTROL__ENVELOPE__BODY_ERROR:
         c->quiet_failure = !c->failure[0];
@@ -540,6 +561,8 @@ void moe_coord_close(moe_coord *c)
 {
     if (!c)
         return;
+    if (c->metrics_open)
+        moe_metrics_close(&c->metrics);
     while (c->nconns > 0) {
         conn *k = &c->conns[c->nconns - 1];
         close(k->fd);

@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "runtime/base/frame.h"
+#include "runtime/metrics.h"
 
 #define MOE_COORD_MAX_PENDING 64 /* connections without an accepted frame */
 
@@ -49,6 +50,11 @@ typedef struct {
     uint32_t tp, pp, cp, ep, etp;
     int64_t train_iters;
     uint32_t attempt;
+    /* The run's metrics: rank 0's step and evaluation reports become
+    ** RUN_DIR/metrics.jsonl lines (appended when metrics_append, else the
+    ** file starts over) and the progress line every log_interval steps. */
+    int log_interval;
+    int metrics_append;
 } moe_coord_spec;
 
 typedef struct moe_coord moe_coord;

@@ -254,7 +254,7 @@ static int run_attempt(job *j, int attempt, const char *load, char *failure, siz
         .tp = (uint32_t)c->tensor_model_parallel_size, .pp = (uint32_t)c->pipeline_model_parallel_size,
         .cp = (uint32_t)c->context_parallel_size, .ep = (uint32_t)c->expert_model_parallel_size,
         .etp = (uint32_t)c->expert_tensor_parallel_size, .train_iters = c->train_iters,
-        .attempt = (uint32_t)attempt};
+        .attempt = (uint32_t)attempt, .log_interval = c->log_interval, .metrics_append = (load && load[0]) || c->load[0]};
     moe_secret key;
     moe_coord *co = NULL;
     moe_status st = moe_secret_generate(&key);

@@ -334,6 +334,21 @@ void moe_control_report_train(const moe_train_metrics *r)
     send_frame(c, &env); /* a lost coordinator is the heartbeat thread's to report */
 }
 
+void moe_control_report_eval(long step, double val_loss)
+{
+    client *c = cl;
+    if (!c || c->rank != 0 || !(val_loss - val_loss == 0)) /* a non-finite loss fails validation: not sent */
+        return;
+    Moe__Control__StepReport s = MOE__CONTROL__STEP_REPORT__INIT;
+    s.kind = MOE__CONTROL__REPORT_KIND__REPORT_EVAL;
+    s.step = step;
+    s.loss = val_loss;
+    Moe__Control__Envelope env = MOE__CONTROL__ENVELOPE__INIT;
+    env.body_case = MOE__CONTROL__ENVELOPE__BODY_STEP_REPORT;
+    env.step_report = &s;
+    send_frame(c, &env);
+}
+
 void moe_control_finish(moe_status st)
 {
     client *c = cl;

@@ -36,6 +36,8 @@ int moe_control_active(void);
 
 /* After each optimizer step, on every rank (r holds the global values). */
 void moe_control_report_train(const moe_train_metrics *r);
+/* Rank 0: an evaluation's validation loss at step. */
+void moe_control_report_eval(long step, double val_loss);
 
 /* The run's outcome; closes the connection. st != MOE_OK sends moe_errmsg(). */
 void moe_control_finish(moe_status st);

@@ -161,7 +161,7 @@ static moe_status open_run(run_state *s, const moe_config *cfg, const moe_traine
     if (c->load[0])
         MOE_TRY(load_checkpoint(s));
     MOE_TRY(trace_open(s));
-    if (is_root(s)) {
+    if (is_root(s) && !moe_control_active()) { /* with a coordinator, it writes the metrics */
         MOE_TRY(moe_metrics_open(&s->metrics, c->run_dir, c->train_iters, s->start_step > 0));
         s->metrics_open = 1;
     }
@@ -235,6 +235,7 @@ static moe_status evaluate(run_state *s, long step, double *val_loss)
     *val_loss = sum / c->eval_iters;
     if (c->trace_routing[0])
         MOE_TRY(moe_model_set_trace(m, 1));
+    moe_control_report_eval(step, *val_loss); /* no-op without a coordinator */
     return s->metrics_open ? moe_metrics_eval(&s->metrics, step, *val_loss) : MOE_OK;
 }
 
