@@ -6,5 +6,7 @@
 int moe_bench_a2a(int argc, char **argv);
 int moe_bench_layer(int argc, char **argv);
 int moe_bench_planner(int argc, char **argv);
+/* perf/bench_calibrate.c: measures this machine, writes a hardware profile. */
+int moe_bench_calibrate(int argc, char **argv);
 
 #endif

@@ -6,6 +6,8 @@
 **   moe bench a2a [--nproc N] ...   (perf/bench_a2a.c, under mpirun)
 **   moe bench layer [--nproc N | --hosts N --link-rate R] ...   (perf/bench_layer.c:
 **       one MoE layer's expert part under overlap none / coarse / fine)
+**   moe bench calibrate [--out FILE] [--base PROFILE] [--json]   (perf/bench_calibrate.c:
+**       sgemm at training shapes, triad, MPI ping-pong; writes a hardware profile)
 **   moe bench train [--config F] [--<model key> V ...] [--steps S] [--warmup W]
 **                   [--vs-torch] [--json]
 **       times optimizer steps of the model on random tokens; with --vs-torch,
@@ -188,7 +190,8 @@ int main(int argc, char **argv)
                "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n"
                "       moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"
                "                       [--experts E] [--topk K] [--skew S] [--iters I] [--warmup W] [--chunks D]\n"
-               "                       [--trace FILE] [--json]\n");
+               "                       [--trace FILE] [--json]\n"
+               "       moe bench calibrate [--out FILE] [--base PROFILE] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "gemm") == 0)
@@ -201,6 +204,8 @@ int main(int argc, char **argv)
         return moe_bench_layer(argc - 2, argv + 2);
     if (strcmp(argv[1], "planner") == 0)
         return moe_bench_planner(argc - 2, argv + 2);
-    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, layer, planner)\n", argv[1]);
+    if (strcmp(argv[1], "calibrate") == 0)
+        return moe_bench_calibrate(argc - 2, argv + 2);
+    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, layer, planner, calibrate)\n", argv[1]);
     return 2;
 }

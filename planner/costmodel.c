@@ -60,19 +60,27 @@ typedef struct {
 
 typedef struct {
     double peak;        /* FLOP/s per rank */
-    double eff;
+    double eff;         /* the single factor (profile or --gemm-efficiency) */
+    const moe_hwprofile *table; /* non-NULL: per-GEMM efficiency from its gemm_efficiency_table */
     double membw;       /* bytes/s per rank */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
     double intra_lat, inter_lat; /* s */
     double w;           /* bytes per activation / weight element */
 } machine;
 
+/* Efficiency of one GEMM of `flops`: the profile's table at that size when
+** it has one (and no --gemm-efficiency override), else the single factor. */
+static double eff_at(const machine *m, double flops)
+{
+    return m->table ? moe_hwprofile_gemm_efficiency(m->table, flops) : m->eff;
+}
+
 static double gemm_time(const machine *m, double M, double K, double N)
 {
     if (M <= 0 || K <= 0 || N <= 0)
         return 0;
     double flops = 2.0 * M * K * N, bytes = (M * K + K * N + M * N) * m->w;
-    return fmax(flops / (m->peak * m->eff), bytes / m->membw);
+    return fmax(flops / (m->peak * eff_at(m, flops)), bytes / m->membw);
 }
 
 static double link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
@@ -213,7 +221,7 @@ static void attention(const ctx *x, mb_cost *f, mb_cost *b)
     double bytes = (x->ntok * x->C / x->TP * 2 + kv_all) * m->w;
     if (!x->flash) /* the T x T probabilities (fp32) written, normalised, read */
         bytes += 3.0 * x->b * (x->NH / x->TP) * (x->T / x->CP) * x->T * 4;
-    double core = fmax(flops / (m->peak * m->eff), bytes / m->membw);
+    double core = fmax(flops / (m->peak * eff_at(m, flops)), bytes / m->membw);
     f->compute += proj + core;
     b->compute += 2 * (proj + core);
     tp_block(x, f);
@@ -502,6 +510,7 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     machine *m = &x->mc;
     m->peak = hw->gemm_tflops * 1e12 / share;
     m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
+    m->table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw;
     m->membw = hw->mem_bw_gbs * 1e9 / share;
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
@@ -755,6 +764,7 @@ moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_
     machine m = {
         .peak = hw->gemm_tflops * 1e12 / (hw->shared ? W : 1),
         .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
+        .table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw,
         .membw = hw->mem_bw_gbs * 1e9 / (hw->shared ? W : 1),
         .intra_bw = hw->intra_gbs * 1e9 * le,
         .inter_bw = hw->inter_gbs * 1e9 * le,

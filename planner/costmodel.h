@@ -13,7 +13,11 @@
 **     max(flops / (peak * gemm_efficiency), bytes / memory bandwidth)
 ** (roofline; bytes = the GEMM's inputs, weights and output once). Backward
 ** costs twice the forward. Element-wise work (norms, softmax, RoPE, SwiGLU)
-** is not modelled: it is inside gemm_efficiency, an MFU-like factor.
+** is not modelled: it is inside gemm_efficiency, an MFU-like factor. A
+** profile with a gemm_efficiency_table (hwprofile.h) replaces the factor by
+** the table's value at each GEMM's FLOPs (attention scores: their FLOPs),
+** unless opts.gemm_efficiency overrides it; the report's gemm_efficiency is
+** then the profile's single factor.
 ** The model FLOPs behind MFU are moe_flops_per_token's (runtime/flops.c:
 ** 3 x forward, full T x T attention); moe_flops_per_token (runtime/base/flops.h) computes the
 ** same here (planner may not link runtime/). With causal_skip the time

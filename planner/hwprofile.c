@@ -48,6 +48,22 @@ int moe_hwprofile_dtype_bytes(const moe_hwprofile *hw)
     return strcmp(hw->dtype, "bf16") == 0 ? 2 : 4;
 }
 
+double moe_hwprofile_gemm_efficiency(const moe_hwprofile *hw, double flops)
+{
+    int n = hw->eff_points;
+    if (n < 2)
+        return hw->gemm_efficiency;
+    if (flops <= hw->eff_flops[0])
+        return hw->eff_value[0];
+    if (flops >= hw->eff_flops[n - 1])
+        return hw->eff_value[n - 1];
+    int i = 1;
+    while (hw->eff_flops[i] < flops)
+        i++;
+    double t = log(flops / hw->eff_flops[i - 1]) / log(hw->eff_flops[i] / hw->eff_flops[i - 1]);
+    return hw->eff_value[i - 1] + t * (hw->eff_value[i] - hw->eff_value[i - 1]);
+}
+
 // ----------------------------------------------------------------------------
 // reading
 
@@ -162,6 +178,104 @@ static moe_status read_sourced(reader *r, size_t line, moe_hw_field k, moe_hwpro
     return MOE_OK;
 }
 
+static moe_status number_of(reader *r, size_t line, const char *s, double *v)
+{
+    char *end;
+    errno = 0;
+    *v = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(*v))
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: '%s' is not a number", r->path, line, s);
+    return MOE_OK;
+}
+
+/* One [flops, efficiency] pair after its SEQUENCE_START. */
+static moe_status read_point(reader *r, size_t line, moe_hwprofile *hw)
+{
+    double v[2];
+    for (int i = 0; i < 2; i++) {
+        yaml_event_t ev;
+        MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, "gemm_efficiency_table: a point [flops, efficiency]"));
+        moe_status st = number_of(r, line, (const char *)ev.data.scalar.value, &v[i]);
+        yaml_event_delete(&ev);
+        MOE_TRY(st);
+    }
+    yaml_event_t ev;
+    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_END_EVENT, "gemm_efficiency_table: a point of two numbers"));
+    yaml_event_delete(&ev);
+    int n = hw->eff_points;
+    if (n == MOE_HW_EFF_POINTS)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: more than %d points", r->path, line,
+                        MOE_HW_EFF_POINTS);
+    if (v[0] <= 0 || (n > 0 && v[0] <= hw->eff_flops[n - 1]))
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: flops %g must be > 0 and above the point before",
+                        r->path, line, v[0]);
+    if (v[1] <= 0 || v[1] > 1)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: efficiency %g is out of range (0, 1]", r->path,
+                        line, v[1]);
+    hw->eff_flops[n] = v[0], hw->eff_value[n] = v[1], hw->eff_points = n + 1;
+    return MOE_OK;
+}
+
+static moe_status read_points(reader *r, size_t line, moe_hwprofile *hw)
+{
+    yaml_event_t ev;
+    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_START_EVENT, "gemm_efficiency_table: points as a list"));
+    yaml_event_delete(&ev);
+    for (;;) {
+        MOE_TRY(next_event(r, &ev));
+        int end = ev.type == YAML_SEQUENCE_END_EVENT, pt = ev.type == YAML_SEQUENCE_START_EVENT;
+        size_t l = line_of(ev.start_mark);
+        yaml_event_delete(&ev);
+        if (end)
+            break;
+        if (!pt)
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: each point is [flops, efficiency]",
+                            r->path, l);
+        MOE_TRY(read_point(r, l, hw));
+    }
+    if (hw->eff_points < 2)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: needs at least 2 points", r->path, line);
+    return MOE_OK;
+}
+
+/* `gemm_efficiency_table: {source: S, points: [[f, e], ...]}`, its key read. */
+static moe_status read_table(reader *r, size_t line, moe_hwprofile *hw)
+{
+    yaml_event_t ev;
+    MOE_TRY(expect(r, &ev, YAML_MAPPING_START_EVENT, "gemm_efficiency_table: a mapping of source and points"));
+    yaml_event_delete(&ev);
+    int have_points = 0;
+    for (;;) {
+        MOE_TRY(next_event(r, &ev));
+        if (ev.type == YAML_MAPPING_END_EVENT) {
+            yaml_event_delete(&ev);
+            break;
+        }
+        size_t l = line_of(ev.start_mark);
+        char sub[16] = "";
+        if (ev.type == YAML_SCALAR_EVENT)
+            snprintf(sub, sizeof sub, "%s", (const char *)ev.data.scalar.value);
+        yaml_event_delete(&ev);
+        if (strcmp(sub, "points") == 0 && !have_points) {
+            MOE_TRY(read_points(r, l, hw));
+            have_points = 1;
+        } else if (strcmp(sub, "source") == 0 && !hw->eff_source[0]) {
+            MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, "gemm_efficiency_table: source as a string"));
+            moe_status st = copy_text(r, l, "gemm_efficiency_table source", (const char *)ev.data.scalar.value,
+                                      hw->eff_source, sizeof hw->eff_source);
+            yaml_event_delete(&ev);
+            MOE_TRY(st);
+        } else
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: unexpected or repeated key '%s' "
+                            "(expected source and points)", r->path, l, sub);
+    }
+    if (!have_points)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table has no points", r->path, line);
+    if (!hw->eff_source[strspn(hw->eff_source, " \t")])
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table has no source", r->path, line);
+    return MOE_OK;
+}
+
 static int field_of(const char *key)
 {
     for (int k = 0; k < MOE_HW_NFIELDS; k++)
@@ -176,13 +290,16 @@ static moe_status read_pair(reader *r, const char *key, size_t line, moe_hwprofi
     yaml_event_t ev;
     int k = field_of(key);
     int is_name = strcmp(key, "name") == 0, is_desc = strcmp(key, "description") == 0;
-    if (k < 0 && !is_name && !is_desc)
+    int is_table = strcmp(key, "gemm_efficiency_table") == 0;
+    if (k < 0 && !is_name && !is_desc && !is_table)
         return moe_fail(MOE_ERR_USAGE, "%s:%zu: unknown key '%s'", r->path, line, key);
-    int slot = is_name ? MOE_HW_NFIELDS : is_desc ? MOE_HW_NFIELDS + 1 : k;
+    int slot = is_name ? MOE_HW_NFIELDS : is_desc ? MOE_HW_NFIELDS + 1 : is_table ? MOE_HW_NFIELDS + 2 : k;
     if (seen[slot])
         return moe_fail(MOE_ERR_USAGE, "%s:%zu: '%s' given twice (first at line %zu)", r->path, line, key,
                         seen[slot]);
     seen[slot] = line;
+    if (is_table)
+        return read_table(r, line, hw);
     MOE_TRY(next_event(r, &ev));
     if (is_name || is_desc) {
         moe_status st = ev.type == YAML_SCALAR_EVENT
@@ -213,7 +330,7 @@ static moe_status read_pair(reader *r, const char *key, size_t line, moe_hwprofi
 static moe_status read_document(reader *r, moe_hwprofile *hw)
 {
     yaml_event_t ev;
-    size_t seen[MOE_HW_NFIELDS + 2] = {0};
+    size_t seen[MOE_HW_NFIELDS + 3] = {0};
     MOE_TRY(expect(r, &ev, YAML_STREAM_START_EVENT, "a YAML stream"));
     yaml_event_delete(&ev);
     MOE_TRY(next_event(r, &ev));

@@ -25,6 +25,21 @@
 ** plain scalar, or a mapping without `source`), an empty source, a value that
 ** is not a number or out of range, malformed YAML, an unreadable file.
 **
+** Optional key `gemm_efficiency_table` (written by `moe bench calibrate`):
+** the efficiency a GEMM reaches as a function of its size in FLOPs (2MKN),
+** a mapping with a non-empty `source` and `points`, a list of
+** [flops, efficiency] pairs, 2 to MOE_HW_EFF_POINTS of them, flops > 0 and
+** strictly increasing, efficiency in (0, 1]:
+**
+**   gemm_efficiency_table:
+**     source: "measured by moe bench calibrate on 2026-11-23"
+**     points: [[2.1e6, 0.05], [1.3e8, 0.41], [1.7e10, 0.60]]
+**
+** When present the cost model takes each GEMM's efficiency from it
+** (moe_hwprofile_gemm_efficiency) instead of gemm_efficiency, which stays
+** required and is what the table is absent from (and --gemm-efficiency
+** overrides both).
+**
 ** Memory: moe_hwprofile is a plain value; nothing is allocated after return.
 */
 #ifndef MOE_HWPROFILE_H
@@ -49,6 +64,8 @@ typedef enum {
     MOE_HW_NFIELDS
 } moe_hw_field;
 
+#define MOE_HW_EFF_POINTS 32
+
 typedef struct {
     char name[64];
     char description[256];
@@ -63,6 +80,10 @@ typedef struct {
     double inter_gbs, inter_lat_us;
     double link_efficiency;
     char source[MOE_HW_NFIELDS][512]; /* each field's source, as written */
+    int eff_points;                          /* 0: no gemm_efficiency_table */
+    double eff_flops[MOE_HW_EFF_POINTS];     /* increasing */
+    double eff_value[MOE_HW_EFF_POINTS];
+    char eff_source[512];
     char path[512];                   /* the file it was read from */
 } moe_hwprofile;
 
@@ -71,6 +92,11 @@ const char *moe_hw_field_key(moe_hw_field f);
 
 /* Reads and checks a profile file into *hw (untouched on failure). */
 moe_status moe_hwprofile_load(const char *path, moe_hwprofile *hw);
+
+/* The efficiency of one GEMM of `flops` FLOPs: with a table, linear in
+** log(flops) between its points and the end point's value beyond them;
+** without one, gemm_efficiency. */
+double moe_hwprofile_gemm_efficiency(const moe_hwprofile *hw, double flops);
 
 /* Bytes per element of dtype (2 for bf16, 4 for fp32). */
 int moe_hwprofile_dtype_bytes(const moe_hwprofile *hw);

@@ -407,6 +407,66 @@ static moe_status load_variant(const char *key, const char *with, char *msg, siz
     return st;
 }
 
+/* Writes this-machine.yaml plus `extra` to a temp file and loads it. */
+static moe_status load_with_table(const char *extra, moe_hwprofile *hw)
+{
+    char path[] = "/tmp/moe_hw_table_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *out = fdopen(fd, "w"), *in = fopen(HW_DIR "/this-machine.yaml", "r");
+    ck_assert_ptr_nonnull(out);
+    ck_assert_ptr_nonnull(in);
+    char line[1024];
+    while (fgets(line, sizeof line, in))
+        fputs(line, out);
+    fputs(extra, out);
+    fclose(in);
+    fclose(out);
+    moe_status st = moe_hwprofile_load(path, hw);
+    remove(path);
+    return st;
+}
+
+START_TEST(test_gemm_efficiency_table)
+{
+    moe_hwprofile hw;
+    const char *table = "gemm_efficiency_table:\n  source: \"test\"\n  points: [[1e6, 0.1], [1e8, 0.5], [1e10, 0.6]]\n";
+    ck_assert_int_eq(load_with_table(table, &hw), MOE_OK);
+    ck_assert_int_eq(hw.eff_points, 3);
+    /* log-scale interpolation, clamped at the ends */
+    ck_assert(close_rel(moe_hwprofile_gemm_efficiency(&hw, 1e7), 0.3, 1e-12));
+    ck_assert(close_rel(moe_hwprofile_gemm_efficiency(&hw, 1e9), 0.55, 1e-12));
+    ck_assert(close_rel(moe_hwprofile_gemm_efficiency(&hw, 1e3), 0.1, 1e-12));
+    ck_assert(close_rel(moe_hwprofile_gemm_efficiency(&hw, 1e12), 0.6, 1e-12));
+    /* the model uses it: small GEMMs at 0.1-0.3 instead of 0.6 make tiny slower;
+    ** --gemm-efficiency overrides the table; no table = the single factor */
+    moe_hwprofile plain = load_hw("this-machine.yaml");
+    ck_assert(close_rel(moe_hwprofile_gemm_efficiency(&plain, 1e7), plain.gemm_efficiency, 0));
+    moe_config c = tiny();
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_cost_report a = step(&c, &plain, &o), b = step(&c, &hw, &o);
+    ck_assert(b.compute_s > 1.5 * a.compute_s);
+    o.gemm_efficiency = plain.gemm_efficiency;
+    moe_cost_report d = step(&c, &hw, &o);
+    ck_assert(close_rel(d.compute_s, a.compute_s, 1e-12));
+    /* refusals: unsorted, out of range, one point, no source, bad shape */
+    const char *bad[] = {
+        "gemm_efficiency_table:\n  source: \"t\"\n  points: [[1e8, 0.5], [1e6, 0.1]]\n",
+        "gemm_efficiency_table:\n  source: \"t\"\n  points: [[1e6, 0.1], [1e8, 1.5]]\n",
+        "gemm_efficiency_table:\n  source: \"t\"\n  points: [[1e6, 0.1]]\n",
+        "gemm_efficiency_table:\n  points: [[1e6, 0.1], [1e8, 0.5]]\n",
+        "gemm_efficiency_table:\n  source: \"t\"\n  points: [[1e6, 0.1, 3], [1e8, 0.5]]\n",
+        "gemm_efficiency_table:\n  source: \"t\"\n  points: [1e6, 0.1]\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(load_with_table(bad[i], &hw), MOE_ERR_USAGE);
+        ck_assert_ptr_nonnull(strstr(moe_errmsg(), "gemm_efficiency_table"));
+        moe_error_clear();
+    }
+}
+END_TEST
+
 START_TEST(test_profile_refusals)
 {
     char msg[1024];
@@ -520,6 +580,7 @@ int main(void)
     tcase_add_test(tc, test_links_and_volumes);
     tcase_add_test(tc, test_moe_layer_fwd);
     tcase_add_test(tc, test_profile_refusals);
+    tcase_add_test(tc, test_gemm_efficiency_table);
     tcase_add_test(tc, test_cli);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The cost model against this machine: trains each layout below for a few
+# steps (median step_ms of metrics.jsonl after the warm-up steps) and asks
+# `moe plan parallel --json` for exactly that layout (every size, the batch,
+# sequence parallelism and, for the emulated hosts, --ranks-per-node 1), then
+# prints layout, measured ms, predicted ms, error % and whether it is within
+# 20%. Nothing is tuned per row: every prediction uses the one profile HW.
+#   perf/validate_model.sh [STEPS] [WARMUP]          (defaults 8 3)
+#   env: HW     profile(s), space separated (default configs/hw/this-machine.yaml
+#               and configs/hw/this-machine-calibrated.yaml when present);
+#               one predicted column per profile
+#        MOE    the moe binary (default build/bin/moe)
+#        RATE   emulated link rate (default 1gbit); the last two rows run on 4
+#               emulated hosts (scripts/emu/emu.sh, root only), skipped with EMU=0
+#        MEASURED  a results file of an earlier run (layout<TAB>ms lines): reuse
+#               its measurements and only predict
+# Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir, printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-8}
+WARMUP=${2:-3}
+MOE=${MOE:-build/bin/moe}
+RATE=${RATE:-1gbit}
+EMU_ON=${EMU:-1}
+if [ -z "${HW:-}" ]; then
+  HW=configs/hw/this-machine.yaml
+  [ -f configs/hw/this-machine-calibrated.yaml ] && HW="$HW configs/hw/this-machine-calibrated.yaml"
+fi
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+PREFIX=mval$(( $$ % 100000 ))v
+EMU_SH="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
+emu_up=0
+cleanup() { [ "$emu_up" = 1 ] && $EMU_SH down >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+# name | config | world | tp cp pp ep etp | micro global | emulated (1: one rank per emulated host)
+LAYOUTS=(
+  "tiny 1 rank|configs/tiny.yaml|1|1 1 1 1 1|2 8|0"
+  "small 1 rank|configs/small.yaml|1|1 1 1 1 1|4 4|0"
+  "tiny DP2|configs/tiny.yaml|2|1 1 1 1 1|2 8|0"
+  "tiny EP2|configs/tiny.yaml|2|1 1 1 2 1|2 8|0"
+  "tiny EP4|configs/tiny.yaml|4|1 1 1 4 1|2 8|0"
+  "tiny TP2|configs/tiny.yaml|2|2 1 1 1 1|2 8|0"
+  "tiny CP2|configs/tiny.yaml|2|1 2 1 1 1|2 8|0"
+  "tiny PP2|configs/tiny.yaml|2|1 1 2 1 1|2 8|0"
+  "tiny TP2xEP2|configs/tiny.yaml|4|2 1 1 2 1|2 8|0"
+  "tiny PP2xEP2|configs/tiny.yaml|4|1 1 2 2 1|2 8|0"
+  "small EP2|configs/small.yaml|2|1 1 1 2 1|4 8|0"
+  "tiny EP4 emu-4host|configs/tiny.yaml|4|1 1 1 4 1|2 8|1"
+  "tiny DP4 emu-4host|configs/tiny.yaml|4|1 1 1 1 1|2 8|1"
+)
+
+median_step_ms() { # median step_ms of the steps after the warm-up
+  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +"$((WARMUP + 1))" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+measure() { # name cfg world "tp cp pp ep etp" "micro global" emu -> ms
+  local name=$1 cfg=$2 world=$3 emu=$6 tp cp pp ep etp mb gb
+  read -r tp cp pp ep etp <<<"$4"
+  read -r mb gb <<<"$5"
+  local sp=(); [ "$tp" -gt 1 ] && sp=(--sequence-parallel)
+  local dir="$OUT/run-$(echo "$name" | tr ' ' '_')"
+  local args=(--config "$cfg" --data-path data/kjv --train-iters "$((WARMUP + STEPS))" --eval-interval 0
+              --save-interval 0 --log-interval 1000 --nproc "$world" --tensor-model-parallel-size "$tp"
+              --context-parallel-size "$cp" --pipeline-model-parallel-size "$pp" --expert-model-parallel-size "$ep"
+              --expert-tensor-parallel-size "$etp" "${sp[@]}" --micro-batch-size "$mb"
+              --global-batch-size "$gb" --run-dir "$dir")
+  if [ "$emu" = 1 ]; then
+    MOE_MPIRUN="$EMU_SH mpirun" "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { echo nan; return; }
+  else
+    "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { echo nan; return; }
+  fi
+  median_step_ms "$dir/metrics.jsonl"
+}
+
+predict() { # hw name cfg world "tp cp pp ep etp" "micro global" emu -> ms
+  local hw=$1 cfg=$3 world=$4 emu=$7 tp cp pp ep etp mb gb
+  read -r tp cp pp ep etp <<<"$5"
+  read -r mb gb <<<"$6"
+  local sp=off; [ "$tp" -gt 1 ] && sp=on
+  local extra=()
+  [ "$emu" = 1 ] && extra=(--ranks-per-node 1)
+  "$MOE" plan parallel --config "$cfg" --world "$world" --hw "$hw" --tp "$tp" --cp "$cp" --pp "$pp" --ep "$ep" \
+    --etp "$etp" --sp "$sp" --micro-batch "$mb" --global-batch "$gb" "${extra[@]}" --json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); l=d["layouts"]+d.get("refused",[]); print("%.3f" % l[0]["step_ms"] if l else "nan")' ||
+    echo nan
+}
+
+echo "# $(date -u +%FT%TZ), $(nproc) cores, $STEPS steps after $WARMUP warm-up, results in $OUT" >&2
+: >"$OUT/measured.tsv"
+hdr=$(printf "%-20s %11s" layout measured_ms)
+for hw in $HW; do hdr+=$(printf " | %-28s" "$(basename "$hw" .yaml): pred_ms err% <=20%"); done
+echo "$hdr"
+nin=(); ntot=0
+for row in "${LAYOUTS[@]}"; do
+  IFS='|' read -r name cfg world sizes batch emu <<<"$row"
+  [ "$emu" = 1 ] && [ "$EMU_ON" = 0 ] && continue
+  if [ "$emu" = 1 ] && [ "$emu_up" = 0 ] && [ -z "${MEASURED:-}" ]; then
+    $EMU_SH up 4 --rate "$RATE" >/dev/null # here, not in measure's subshell, so the EXIT trap sees it
+    emu_up=1
+  fi
+  if [ -n "${MEASURED:-}" ]; then
+    ms=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$MEASURED")
+  else
+    ms=$(measure "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
+  fi
+  printf "%s\t%s\n" "$name" "$ms" >>"$OUT/measured.tsv"
+  line=$(printf "%-20s %11s" "$name" "$ms")
+  i=0
+  for hw in $HW; do
+    p=$(predict "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
+    read -r err ok <<<"$(awk -v m="$ms" -v p="$p" 'BEGIN { if (m == "nan" || p == "nan" || m == 0) print "nan no";
+      else { e = 100 * (p - m) / m; print sprintf("%+.1f", e), (e <= 20 && e >= -20) ? "yes" : "no" } }')"
+    line+=$(printf " | %9s %8s %4s      " "$p" "$err" "$ok")
+    [ "$ok" = yes ] && nin[$i]=$(( ${nin[$i]:-0} + 1 ))
+    i=$((i + 1))
+  done
+  ntot=$((ntot + 1))
+  echo "$line"
+done
+i=0
+for hw in $HW; do
+  echo "$(basename "$hw" .yaml): ${nin[$i]:-0} of $ntot layouts within 20%"
+  i=$((i + 1))
+done
