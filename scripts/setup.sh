@@ -22,7 +22,7 @@ done
 pkgs=(build-essential cmake pkg-config git
       libopenmpi-dev openmpi-bin protobuf-c-compiler libprotobuf-c-dev libhwloc-dev
       check libsubunit-dev libopenblas-openmp-dev libyaml-dev libsodium-dev libxxhash-dev
-      coinor-libcbc-dev bible-kjv)
+      coinor-libcbc-dev bible-kjv gnuplot-nox)
 [ "$want_test" = 1 ] && pkgs+=(python3 python3-torch python3-numpy python3-pip clang slurm-wlm munge libpmix2)
 
 missing=()
