@@ -34,8 +34,9 @@
 ** --trace FILE: rank 0 writes a Chrome / Perfetto trace (JSON, traceEvents
 ** with ph "X", microseconds) of the median iteration of each measurement:
 ** one process per measurement, one thread per rank, each iteration starting
-** at 0 from the barrier. Per-chunk events would need hooks inside
-** parallel/ep_overlap.c.
+** at 0 from the barrier; for coarse and fine also the engine's own events
+** (moe_ep_layer.on_event): each source's (fine) or chunk's (coarse) compute
+** span, and instants when a source's rows arrived and its results were sent.
 **
 ** --check N (used by `moe bench layer` before it starts any ranks): checks
 ** the arguments against N ranks without MPI and exits 0 or 2.
@@ -45,6 +46,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -79,6 +81,12 @@
 enum { M_COMM, M_COMP, M_NONE, M_COARSE, M_FINE, NMEAS };
 enum { NMARK = 4 };   /* phase end times kept per measurement and iteration */
 enum { TR_FIELDS = 6 }; /* per rank in the trace: NMARK marks, forward and backward GEMM seconds */
+/* The engine's own events (moe_ep_layer.on_event: per source or chunk compute
+** spans, arrivals, sends) of coarse and fine, EV_FIELDS doubles each: kind
+** (1 compute, 2 arrived, 3 sent), source or chunk, start, end (seconds from
+** the iteration's start), at most max_events(P) per run. */
+enum { EV_FIELDS = 4 };
+static int max_events(int P) { return 12 * P + 64; }
 
 static const char *meas_name[NMEAS] = {"comm only (C)", "compute only (P)", "none", "coarse", "fine"};
 static const char *mode_key[3] = {"none", "coarse", "fine"};
@@ -344,13 +352,38 @@ static void bench_free(bench *b)
     moe_expert_map_free(&b->map);
 }
 
+typedef struct {
+    double t0;      /* the run's start */
+    double *ev;     /* [cap][EV_FIELDS] */
+    atomic_int n;
+    int cap;
+} event_log;
+
+/* moe_ep_event_fn: compute threads call it too, so slots are taken atomically. */
+static void log_event(void *ctx, const char *what, int source, double t0, double t1)
+{
+    event_log *l = ctx;
+    int i = atomic_fetch_add(&l->n, 1);
+    if (i >= l->cap)
+        return;
+    double *e = l->ev + (size_t)i * EV_FIELDS;
+    e[0] = strcmp(what, "compute") == 0 ? 1 : strcmp(what, "arrived") == 0 ? 2 : 3;
+    e[1] = source;
+    e[2] = t0 - l->t0;
+    e[3] = t1 - l->t0;
+}
+
 /* One timed run of measurement m: phase end times (seconds from the start)
 ** into mark[NMARK], GEMM seconds of forward and backward into gemm[2]. */
-static moe_status run_once(bench *b, moe_comm *w, int m, double *mark, double *gemm)
+static moe_status run_once(bench *b, moe_comm *w, int m, double *mark, double *gemm, event_log *log)
 {
     moe_ep_layer *s = &b->s;
     int C = b->C, F = b->F, segs = b->P * b->El;
     double t0 = moe_now();
+    log->t0 = t0;
+    atomic_store(&log->n, 0);
+    s->on_event = m == M_COARSE || m == M_FINE ? log_event : NULL;
+    s->event_ctx = log;
     if (m == M_COMM) {
         MOE_TRY(moe_ep_dispatch(s, w, &b->map, b->x, b->row_token, b->xs, b->offsets, C, F));
         mark[0] = moe_now() - t0;
@@ -388,6 +421,7 @@ typedef struct {
     double *gemm;    /* [NMEAS][iters] this rank's forward + backward GEMM seconds, then summed over ranks */
     double *mark;    /* [NMEAS][iters][NMARK] this rank's */
     double *gparts;  /* [NMEAS][iters][2] this rank's */
+    double *events;  /* [NMEAS][iters][max_events][EV_FIELDS] this rank's (zero: no event) */
 } samples;
 
 static moe_status measure(bench *b, moe_comm *w, const layer_args *a, samples *out)
@@ -397,6 +431,8 @@ static moe_status measure(bench *b, moe_comm *w, const layer_args *a, samples *o
     MOE_TRY(moe_alloc((void **)&out->gemm, sizeof(double) * NMEAS * I, "timings"));
     MOE_TRY(moe_alloc((void **)&out->mark, sizeof(double) * NMEAS * I * NMARK, "timings"));
     MOE_TRY(moe_alloc((void **)&out->gparts, sizeof(double) * NMEAS * I * 2, "timings"));
+    size_t evn = (size_t)max_events(b->P) * EV_FIELDS;
+    MOE_TRY(moe_alloc((void **)&out->events, sizeof(double) * NMEAS * I * evn, "timeline"));
     size_t wn13 = (size_t)b->El * 2 * b->F * b->C, wn2 = (size_t)b->El * b->C * b->F;
     for (int it = -a->warmup; it < I; it++) {
         for (int m = 0; m < NMEAS; m++) {
@@ -404,13 +440,17 @@ static moe_status measure(bench *b, moe_comm *w, const layer_args *a, samples *o
             memset(b->dw13, 0, wn13 * sizeof(float));
             memset(b->dw2, 0, wn2 * sizeof(float));
             double mark[NMARK] = {0}, gemm[2] = {0};
+            size_t k = (size_t)m * I + (it < 0 ? 0 : it);
+            event_log log = {.ev = out->events + k * evn, .cap = max_events(b->P)};
             MOE_TRY(moe_barrier(w));
             double t0 = moe_now();
-            MOE_TRY(run_once(b, w, m, mark, gemm));
+            MOE_TRY(run_once(b, w, m, mark, gemm, &log));
             double dt = moe_now() - t0;
-            if (it < 0)
+            b->s.on_event = NULL; /* log lives on this stack frame */
+            if (it < 0) { /* a warm-up's events are not kept */
+                memset(log.ev, 0, evn * sizeof(double));
                 continue;
-            size_t k = (size_t)m * I + it;
+            }
             out->elapsed[k] = dt;
             out->gemm[k] = gemm[0] + gemm[1];
             memcpy(out->mark + k * NMARK, mark, sizeof mark);
@@ -429,6 +469,7 @@ static void samples_free(samples *s)
     moe_free(s->gemm);
     moe_free(s->mark);
     moe_free(s->gparts);
+    moe_free(s->events);
 }
 
 /* ---- trace --------------------------------------------------------------- */
@@ -443,8 +484,31 @@ static void trace_event(FILE *f, int *first, const char *name, int pid, int rank
     *first = 0;
 }
 
-/* tr: [NMEAS][P][TR_FIELDS] every rank's marks and GEMM seconds of the traced iterations. */
-static moe_status write_trace(const char *path, const double *tr, const int *iter, int P, const layer_args *a)
+/* The engine's events of one rank's traced run (see EV_FIELDS): compute spans
+** as slices, arrivals and sends as instants. */
+static void trace_engine_events(FILE *f, int *first, const double *ev, int nev, int m, int r)
+{
+    static const char *kind[4] = {"?", "compute", "arrived", "sent"};
+    for (int i = 0; i < nev; i++) {
+        const double *e = ev + (size_t)i * EV_FIELDS;
+        int k = (int)e[0];
+        if (k < 1 || k > 3)
+            continue; /* an empty slot */
+        char name[48];
+        snprintf(name, sizeof name, "%s %s %d", kind[k], m == M_COARSE ? "chunk" : "source", (int)e[1]);
+        if (k == 1)
+            trace_event(f, first, name, m, r, e[2], e[3], NULL);
+        else
+            fprintf(f, ",\n  {\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"i\", \"s\": \"t\", \"pid\": %d, "
+                       "\"tid\": %d, \"ts\": %.3f}",
+                    name, meas_name[m], m, r, e[2] * 1e6);
+    }
+}
+
+/* tr: [NMEAS][P][TR_FIELDS] every rank's marks and GEMM seconds of the traced
+** iterations; ev: [NMEAS][P][nev][EV_FIELDS] their engine events. */
+static moe_status write_trace(const char *path, const double *tr, const double *ev, int nev, const int *iter, int P,
+                              const layer_args *a)
 {
     FILE *f = fopen(path, "w");
     if (!f)
@@ -475,6 +539,7 @@ static moe_status write_trace(const char *path, const double *tr, const int *ite
             trace_event(f, &first, "forward", m, r, 0, v[1], args);
             snprintf(args, sizeof args, "\"gemm_ms\": %.3f", v[NMARK + 1] * 1e3);
             trace_event(f, &first, "backward", m, r, v[1], v[3], args);
+            trace_engine_events(f, &first, ev + ((size_t)m * P + r) * nev * EV_FIELDS, nev, m, r);
         }
     }
     fprintf(f, "\n]}\n");
@@ -486,20 +551,30 @@ static moe_status write_trace(const char *path, const double *tr, const int *ite
 /* Every rank's phases of the median iteration of each measurement, to rank 0's file. */
 static moe_status trace(moe_comm *w, const samples *sm, const layer_args *a, int P, int rank)
 {
-    int I = a->iters, iter[NMEAS];
-    double *tr;
+    int I = a->iters, iter[NMEAS], nev = max_events(P);
+    size_t evn = (size_t)nev * EV_FIELDS;
+    double *tr, *ev = NULL;
     MOE_TRY(moe_alloc((void **)&tr, sizeof(double) * NMEAS * P * TR_FIELDS, "trace"));
+    moe_status st = moe_alloc((void **)&ev, sizeof(double) * NMEAS * P * evn, "trace");
+    if (st != MOE_OK) {
+        moe_free(tr);
+        return st;
+    }
     for (int m = 0; m < NMEAS; m++) {
         iter[m] = median_index(sm->elapsed + (size_t)m * I, I);
         size_t k = (size_t)m * I + iter[m];
         double *v = tr + ((size_t)m * P + rank) * TR_FIELDS;
         memcpy(v, sm->mark + k * NMARK, NMARK * sizeof(double));
         memcpy(v + NMARK, sm->gparts + k * 2, 2 * sizeof(double));
+        memcpy(ev + ((size_t)m * P + rank) * evn, sm->events + k * evn, evn * sizeof(double));
     }
-    moe_status st = moe_allreduce(w, tr, (size_t)NMEAS * P * TR_FIELDS, MOE_DT_F64, MOE_OP_SUM);
+    st = moe_allreduce(w, tr, (size_t)NMEAS * P * TR_FIELDS, MOE_DT_F64, MOE_OP_SUM);
+    if (st == MOE_OK)
+        st = moe_allreduce(w, ev, (size_t)NMEAS * P * evn, MOE_DT_F64, MOE_OP_SUM);
     if (st == MOE_OK && rank == 0)
-        st = write_trace(a->trace, tr, iter, P, a);
+        st = write_trace(a->trace, tr, ev, nev, iter, P, a);
     moe_free(tr);
+    moe_free(ev);
     return st;
 }
 
