@@ -67,8 +67,8 @@ measure() { # name cfg world "tp cp pp ep etp" "micro global" emu -> ms
               --context-parallel-size "$cp" --pipeline-model-parallel-size "$pp" --expert-model-parallel-size "$ep"
               --expert-tensor-parallel-size "$etp" "${sp[@]}" --micro-batch-size "$mb"
               --global-batch-size "$gb" --run-dir "$dir")
-  if [ "$emu" = 1 ]; then
-    MOE_MPIRUN="$EMU_SH mpirun" "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { echo nan; return; }
+  if [ "$emu" = 1 ]; then # the hosts share this machine's cores: one thread each, as the local runs get
+    MOE_MPIRUN="$EMU_SH mpirun" "$MOE" train "${args[@]}" --num-threads 1 >"$dir.log" 2>&1 || { echo nan; return; }
   else
     "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { echo nan; return; }
   fi
