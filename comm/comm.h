@@ -59,6 +59,14 @@ void moe_comm_abort(int code);
 */
 moe_status moe_comm_create(moe_comm *parent, const int *groups, int ngroups, int group_size,
                            const char *name, moe_comm **out);
+/*
+** Collective over `parent`: the n distinct ranks listed (PARENT's numbering)
+** get a communicator holding just them, in the order listed; every other rank
+** gets *out = NULL. Every parent rank passes the same list. Used where a few
+** ranks of a group must sum something among themselves (the copies of a
+** replicated expert). A bad list is refused on every rank alike.
+*/
+moe_status moe_comm_create_subset(moe_comm *parent, const int *ranks, int n, const char *name, moe_comm **out);
 /* Collective over c. NULL and the world (owned by finalize) are no-ops. */
 void moe_comm_free(moe_comm *c);
 

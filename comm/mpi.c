@@ -346,6 +346,41 @@ static moe_status check_table(const moe_comm *p, const int *groups, int ngroups,
     return MOE_OK;
 }
 
+/* MPI_Comm_split of parent and the new communicator's set-up (errors
+** returned, a duplicate for the point-to-point collectives). color
+** MPI_UNDEFINED: this rank is in no group, *out = NULL. */
+static moe_status split(moe_comm *parent, const char *op, const char *name, int color, int key, moe_comm **out)
+{
+    MPI_Comm sub = MPI_COMM_NULL;
+    int rc = MPI_Comm_split(parent->comm, color, key, &sub);
+    if (rc != MPI_SUCCESS)
+        return moe_mpi_fail(parent, op, -1, rc);
+    if (sub == MPI_COMM_NULL)
+        return MOE_OK;
+    moe_comm *c = NULL;
+    moe_status st = moe_alloc((void **)&c, sizeof *c, "communicator");
+    if (st != MOE_OK) {
+        MPI_Comm_free(&sub);
+        return st;
+    }
+    c->comm = sub;
+    c->p2p = MPI_COMM_NULL;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    rc = MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_dup(c->comm, &c->p2p);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_rank(c->comm, &c->rank);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(c->comm, &c->size);
+    if (rc != MPI_SUCCESS) {
+        moe_comm_free(c);
+        return moe_mpi_fail(parent, op, -1, rc);
+    }
+    *out = c;
+    return MOE_OK;
+}
+
 moe_status moe_comm_create(moe_comm *parent, const int *groups, int ngroups, int group_size,
                            const char *name, moe_comm **out)
 {
@@ -362,24 +397,8 @@ moe_status moe_comm_create(moe_comm *parent, const int *groups, int ngroups, int
     moe_free(seen);
     MOE_TRY(st);
 
-    moe_comm *c = NULL;
-    MOE_TRY(moe_alloc((void **)&c, sizeof *c, "communicator"));
-    c->comm = c->p2p = MPI_COMM_NULL;
-    snprintf(c->name, sizeof c->name, "%s", name);
-    /* color = our group, key = our position: MPI orders the new ranks as listed */
-    int rc = MPI_Comm_split(parent->comm, g, k, &c->comm);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_dup(c->comm, &c->p2p);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_rank(c->comm, &c->rank);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_size(c->comm, &c->size);
-    if (rc != MPI_SUCCESS) {
-        moe_comm_free(c);
-        return moe_mpi_fail(parent, op, -1, rc);
-    }
+    moe_comm *c = NULL; /* color = our group, key = our position: MPI orders the new ranks as listed */
+    MOE_TRY(split(parent, op, name, g, k, &c));
     if (c->rank != k || c->size != group_size) {
         moe_comm_free(c);
         return moe_mpi_fail_arg(parent, op, "MPI made rank %d of %d, the table says %d of %d",
@@ -387,6 +406,29 @@ moe_status moe_comm_create(moe_comm *parent, const int *groups, int ngroups, int
     }
     *out = c;
     return MOE_OK;
+}
+
+moe_status moe_comm_create_subset(moe_comm *parent, const int *ranks, int n, const char *name, moe_comm **out)
+{
+    char op[64];
+    snprintf(op, sizeof op, "comm_create_subset '%s'", name ? name : "?");
+    MOE_TRY(moe_mpi_check_comm(parent, op));
+    if (!out || !name || !ranks)
+        return moe_mpi_fail_arg(parent, op, "NULL %s", !out ? "output pointer" : !name ? "name" : "rank list");
+    *out = NULL;
+    if (n < 1 || n > parent->size)
+        return moe_mpi_fail_arg(parent, op, "%d ranks listed for a group of %d", n, parent->size);
+    int pos = -1;
+    for (int i = 0; i < n; i++) {
+        if (ranks[i] < 0 || ranks[i] >= parent->size)
+            return moe_mpi_fail_arg(parent, op, "rank %d at [%d] is outside [0, %d)", ranks[i], i, parent->size);
+        for (int j = 0; j < i; j++)
+            if (ranks[j] == ranks[i])
+                return moe_mpi_fail_arg(parent, op, "rank %d listed twice", ranks[i]);
+        if (ranks[i] == parent->rank)
+            pos = i;
+    }
+    return split(parent, op, name, pos >= 0 ? 0 : MPI_UNDEFINED, pos, out);
 }
 
 void moe_comm_free(moe_comm *c)

@@ -464,7 +464,8 @@ moe_status moe_train_check_layout(const moe_config *c)
         for (int i = 0; i < c->num_layers; i++)
             moe_layers += c->moe_layer_is_moe[i] != 0;
         moe_plan plan;
-        MOE_TRY(moe_plan_read_trainable(c->expert_placement, moe_layers, c->num_experts, l.ep, &plan));
+        MOE_TRY(moe_plan_read_trainable(c->expert_placement, moe_layers, c->num_experts, l.ep,
+                                        c->moe_expert_capacity_factor, &plan));
         moe_plan_free(&plan);
     }
     return MOE_OK;

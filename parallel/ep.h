@@ -30,25 +30,70 @@
 
 #include "comm/comm.h"
 
+/*
+** Replication: a placement plan may give an expert copies on several ranks,
+** each taking a share of the expert's tokens (moe_expert_map_from_copies).
+** Copy 0 of an expert is its canonical copy: it alone counts in the gradient
+** norm and is written to checkpoints. On every rank the canonical copies come
+** first in local order (increasing expert id), then the extra copies
+** (increasing expert id), so a tensor's canonical rows are its first
+** n_canonical rows. The copies of an expert stay identical because their
+** gradients are summed among them (copy_comm) before the optimizer runs.
+*/
 typedef struct {
     int E, E_local, ep_size, ep_rank;
-    int *expert_rank;   /* [E] */
-    int *expert_local;  /* [E] */
-    int *local_experts; /* [E_local] global expert ids of this rank, in local order */
+    int *expert_rank;   /* [E] rank of expert e's canonical copy */
+    int *expert_local;  /* [E] its local index there */
+    int *local_experts; /* [E_local] global expert id of each local copy, in local order */
+    int *local_index;   /* [E] the local index of expert e's copy here, -1: none */
+    int n_canonical;    /* local copies [0, n_canonical) are canonical */
+    int max_copies;     /* 1 without replication */
+    int replicated;     /* some expert has more than one copy */
+    int *ncopies;       /* [E] */
+    int *copy_slot;     /* [E * max_copies] slot of each copy, copy 0 first */
+    double *copy_share; /* [E * max_copies] share of the expert's tokens */
+    moe_comm **copy_comm; /* [E_local] the ranks holding the local copy's expert,
+                             NULL for one copy; set by moe_expert_maps_connect */
 } moe_expert_map;
 
 /* Experts [r*E/ep, (r+1)*E/ep) on rank r. E % ep_size must be 0. */
 moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int ep_rank);
 /* Expert e on rank rank_of_expert[e] (E entries, each in [0, ep_size)); every
 ** rank must hold exactly E / ep_size experts (the grouped layout needs equal
-** counts). Local order on a rank = increasing expert id. MOE_ERR_USAGE when
-** the table breaks either rule. */
+** counts). MOE_ERR_USAGE when the table breaks either rule. */
 moe_status moe_expert_map_from_ranks(moe_expert_map *m, int E, int ep_size, int ep_rank,
                                      const int *rank_of_expert);
+/* Expert e has ncopies[e] >= 1 copies, copy c on rank ranks[e * max_copies + c]
+** with share shares[e * max_copies + c] (> 0, an expert's shares summing to 1
+** within 1e-6); copy 0 is canonical. No expert twice on one rank, and every
+** rank holds exactly `slots` copies. MOE_ERR_USAGE naming the broken rule. */
+moe_status moe_expert_map_from_copies(moe_expert_map *m, int E, int ep_size, int ep_rank, int slots,
+                                      const int *ncopies, const int *ranks, const double *shares, int max_copies);
 void moe_expert_map_free(moe_expert_map *m);
+/* Collective over ep (every rank passing the same maps): one communicator
+** per distinct set of ranks that hold copies of a replicated expert, shared
+** by every map and expert with that set, pointed to by the maps' copy_comm.
+** *comms gets them ([*ncomms], NULL where this rank is not a member); the
+** caller frees each with moe_comm_free, in order, then the array (moe_free),
+** after the maps are done with them. */
+moe_status moe_expert_maps_connect(moe_expert_map *maps, int nmaps, moe_comm *ep, moe_comm ***comms, int *ncomms);
+/* The slot of expert e's canonical copy. */
 static inline int moe_expert_slot(const moe_expert_map *m, int e)
 {
     return m->expert_rank[e] * m->E_local + m->expert_local[e];
+}
+/*
+** slot[i] for each of n routed (token, expert) pairs idx[i] (row-major over
+** tokens, so in token order). Expert e's n_e pairs, in order, are cut into
+** consecutive runs: copy c takes pairs [round(n_e * S_c), round(n_e * S_c+1))
+** where S_c is the sum of the shares of the copies before c. A function of idx
+** alone, so every rank that routes the same tokens sends them to the same
+** copies. work: moe_expert_map_work(m) ints of scratch.
+*/
+void moe_expert_map_slots(const moe_expert_map *m, const int32_t *idx, int n, int32_t *slot, int32_t *work);
+static inline size_t moe_expert_map_work(const moe_expert_map *m)
+{
+    return (size_t)m->E * (size_t)(m->max_copies + 1);
 }
 
 /* How the expert layer overlaps its all-to-alls with compute

@@ -8,7 +8,10 @@
 #     the same steps, REPS times alternating (the machine is noisy), and
 #     compare the median step_ms after warm-up of each run; the summary is
 #     the median over the pairs of (contiguous - planned) / contiguous.
-#   perf/placement_e2e.sh [HOSTS] [RATE] [STEPS] [EXPERTS] [REPS]   (defaults 4 1gbit 20 16 3)
+#  With REPLICAS > 0 a third arm trains with a replicated plan (REPLICAS extra
+#  copies per layer: --method ilp --replicas, or eplb where this build's ILP
+#  does not replicate), in the same alternation.
+#   perf/placement_e2e.sh [HOSTS] [RATE] [STEPS] [EXPERTS] [REPS] [REPLICAS]   (defaults 4 1gbit 20 16 3 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOSTS=${1:-4}
@@ -16,6 +19,7 @@ RATE=${2:-1gbit}
 STEPS=${3:-20}
 E=${4:-16}
 REPS=${5:-3}
+REPLICAS=${6:-0}
 PREFIX=moep$(( $$ % 100000 ))p
 OUT=$(mktemp -d)
 EMU="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
@@ -33,8 +37,15 @@ build/bin/moe train "${COMMON[@]}" --train-iters "$STEPS" --run-dir "$OUT/trace"
   --trace-routing "$OUT/trace.pb" --trace-window "$STEPS" >/dev/null 2>&1
 build/bin/moe inspect trace "$OUT/trace.pb" | head -5
 build/bin/moe plan placement --trace "$OUT/trace.pb" --ep "$HOSTS" --out "$OUT/plan.pb" --time-limit 20 | tail -3
+if [ "$REPLICAS" -gt 0 ]; then
+  build/bin/moe plan placement --trace "$OUT/trace.pb" --ep "$HOSTS" --replicas "$REPLICAS" --out "$OUT/rplan.pb" \
+      --time-limit 20 2>/dev/null | tail -3 ||
+    build/bin/moe plan placement --trace "$OUT/trace.pb" --ep "$HOSTS" --replicas "$REPLICAS" --method eplb \
+      --out "$OUT/rplan.pb" | tail -3
+fi
 # both continue from the traced run's end, so both see the same skewed router
 gains=()
+rgains=()
 for r in $(seq 1 "$REPS"); do
   build/bin/moe train "${COMMON[@]}" --train-iters $((2 * STEPS)) --run-dir "$OUT/contig$r" \
     --load "$OUT/trace/checkpoints" >/dev/null 2>&1
@@ -45,10 +56,25 @@ for r in $(seq 1 "$REPS"); do
   g=$(echo "100 * ($c - $p) / $c" | bc -l)
   gains+=("$g")
   printf "run %d: contiguous %.1f ms, planned %.1f ms per step: %.1f%% faster\n" "$r" "$c" "$p" "$g"
-  printf '{"hosts": %s, "rate": "%s", "experts": %s, "contiguous_ms": %s, "planned_ms": %s}\n' \
-    "$HOSTS" "$RATE" "$E" "$c" "$p" >> "$OUT/results.jsonl"
+  rep=""
+  if [ "$REPLICAS" -gt 0 ]; then
+    build/bin/moe train "${COMMON[@]}" --train-iters $((2 * STEPS)) --run-dir "$OUT/rplan$r" \
+      --load "$OUT/trace/checkpoints" --expert-placement "$OUT/rplan.pb" >/dev/null 2>&1
+    q=$(median_ms "$OUT/rplan$r/metrics.jsonl")
+    rg=$(echo "100 * ($c - $q) / $c" | bc -l)
+    rgains+=("$rg")
+    rep=", \"replicated_ms\": $q"
+    printf "run %d: replicated (%s extra copies per layer) %.1f ms per step: %.1f%% faster\n" "$r" "$REPLICAS" "$q" "$rg"
+  fi
+  printf '{"hosts": %s, "rate": "%s", "experts": %s, "contiguous_ms": %s, "planned_ms": %s%s}\n' \
+    "$HOSTS" "$RATE" "$E" "$c" "$p" "$rep" >> "$OUT/results.jsonl"
 done
-med=$(printf "%s\n" "${gains[@]}" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+med=$(printf "%s\n" "${gains[@]}" | median)
 printf "%s hosts at %s, %s experts, EP %s: planned placement median %.1f%% faster than contiguous (%s runs)\n" \
   "$HOSTS" "$RATE" "$E" "$HOSTS" "$med" "$REPS"
+if [ "$REPLICAS" -gt 0 ]; then
+  printf "replicated plan (%s extra copies per layer): median %.1f%% faster than contiguous\n" "$REPLICAS" \
+    "$(printf "%s\n" "${rgains[@]}" | median)"
+fi
 cat "$OUT/results.jsonl"

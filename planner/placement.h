@@ -129,9 +129,12 @@ moe_status moe_plan_check(const moe_plan *p, int layers, int experts, int ep);
 moe_status moe_plan_check_named(const moe_plan *p, const char *name, int layers, int experts, int ep);
 
 /* Reads a plan for training (--expert-placement) and refuses, as MOE_ERR_USAGE
-** naming the file, one the runtime cannot train with: another model or EP size,
-** replicated experts, or a rank without exactly experts / ep experts in some
-** layer. The launcher calls it before starting workers, the workers again. */
-moe_status moe_plan_read_trainable(const char *path, int layers, int experts, int ep, moe_plan *out);
+** naming the file, one the runtime cannot train with: another model or EP
+** size, a layer or rank holding another number of expert copies than rank 0
+** of layer 0 (the expert tensors have one shape), or replicated experts with
+** a capacity factor (> 0: copies split tokens only when nothing is dropped).
+** The launcher calls it before starting workers, the workers again. */
+moe_status moe_plan_read_trainable(const char *path, int layers, int experts, int ep, double capacity_factor,
+                                   moe_plan *out);
 
 #endif

@@ -8,8 +8,22 @@
 
 #include "planner/placement.h"
 
-/* A plan this build can train with: one copy per expert, E / EP per rank and layer. */
-static moe_status check_trainable(const moe_plan *p, const char *path, int layers, int E, int ep)
+/* Copies of layer l's experts on each rank into held[ep]; returns the total. */
+static int count_held(const moe_plan *p, int l, int *held)
+{
+    int E = p->experts, total = 0;
+    memset(held, 0, sizeof(int) * (size_t)p->ep);
+    for (int e = 0; e < E; e++)
+        for (int c = 0; c < p->ncopies[(size_t)l * E + e]; c++, total++)
+            held[moe_plan_copies(p, l, e)[c].rank]++;
+    return total;
+}
+
+/* A plan the runtime can train with: the model's shape, and the same number
+** of expert copies on every rank in every layer (the grouped expert tensors
+** have one shape); replicated experts only with dropless routing. */
+static moe_status check_trainable(const moe_plan *p, const char *path, int layers, int E, int ep,
+                                  double capacity_factor)
 {
     if (moe_plan_check_named(p, path, layers, E, ep) != MOE_OK) {
         char why[1024];
@@ -17,25 +31,25 @@ static moe_status check_trainable(const moe_plan *p, const char *path, int layer
         moe_error_clear();
         return moe_fail(MOE_ERR_USAGE, "expert-placement %s does not fit this model: %s", path, why);
     }
+    int held[ep], slots = count_held(p, 0, held) / ep;
     for (int l = 0; l < layers; l++) {
-        int held[ep];
-        memset(held, 0, sizeof held);
-        for (int e = 0; e < E; e++) {
-            if (p->ncopies[(size_t)l * E + e] != 1)
-                return moe_fail(MOE_ERR_USAGE, "replicated plans are not supported by this build: expert-placement "
-                                "%s gives layer %d expert %d %d copies (train with a plan of one copy per expert)",
-                                path, l, e, p->ncopies[(size_t)l * E + e]);
-            held[moe_plan_copies(p, l, e)[0].rank]++;
-        }
+        count_held(p, l, held);
         for (int r = 0; r < ep; r++)
-            if (held[r] != E / ep)
-                return moe_fail(MOE_ERR_USAGE, "expert-placement %s: layer %d puts %d experts on rank %d; this "
-                                "build needs exactly num-experts / EP = %d on every rank", path, l, held[r], r, E / ep);
+            if (held[r] != slots)
+                return moe_fail(MOE_ERR_USAGE, "expert-placement %s: layer %d puts %d expert copies on rank %d; "
+                                "training needs the same number on every rank in every layer (%d: layer 0's "
+                                "copies / EP)", path, l, held[r], r, slots);
+        for (int e = 0; e < E && capacity_factor > 0; e++)
+            if (p->ncopies[(size_t)l * E + e] > 1)
+                return moe_fail(MOE_ERR_USAGE, "expert-placement %s replicates layer %d expert %d; replicated "
+                                "experts need dropless routing (moe-expert-capacity-factor is %g: unset it, or "
+                                "plan without --replicas)", path, l, e, capacity_factor);
     }
     return MOE_OK;
 }
 
-moe_status moe_plan_read_trainable(const char *path, int layers, int experts, int ep, moe_plan *out)
+moe_status moe_plan_read_trainable(const char *path, int layers, int experts, int ep, double capacity_factor,
+                                   moe_plan *out)
 {
     memset(out, 0, sizeof *out);
     if (moe_plan_read(path, out) != MOE_OK) {
@@ -44,7 +58,7 @@ moe_status moe_plan_read_trainable(const char *path, int layers, int experts, in
         moe_error_clear();
         return moe_fail(MOE_ERR_USAGE, "expert-placement %s: %s", path, why);
     }
-    moe_status st = check_trainable(out, path, layers, experts, ep);
+    moe_status st = check_trainable(out, path, layers, experts, ep, capacity_factor);
     if (st != MOE_OK)
         moe_plan_free(out);
     return st;

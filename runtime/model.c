@@ -49,6 +49,7 @@ static void add_param(moe_model *m, const char *name, int ndim, const int64_t *f
         memcpy(c.full_shape, full, (size_t)ndim * sizeof *full);
         p->offset = m->nparams;
         p->numel = numel;
+        p->canonical_numel = numel;
         p->decay = decay;
         p->is_expert = is_expert;
         p->grad = grad;
@@ -64,6 +65,17 @@ static void add_param(moe_model *m, const char *name, int ndim, const int64_t *f
 }
 
 #define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
+
+/* The last n table entries are layer l's expert tensors: only their
+** canonical copies' rows, the first n_canonical (parallel/ep.h), count. */
+static void expert_canonical_rows(moe_model *m, int l, int n)
+{
+    if (!m->table || !m->par.ep)
+        return;
+    const moe_expert_map *map = &m->par.maps[m->moe_index[l]];
+    for (int i = m->ntable - n; i < m->ntable; i++)
+        m->table[i].canonical_numel = m->table[i].numel / (size_t)map->E_local * (size_t)map->n_canonical;
+}
 
 static void build_table(moe_model *m)
 {
@@ -94,6 +106,7 @@ static void build_table(moe_model *m)
             P("moe.router.weight", 2, SHAPE(m->E, m->C), 1, 0, MOE_GRAD_TP_DP, whole());
             P("moe.experts.w13", 3, SHAPE(m->E_local, 2 * m->F, m->C), 1, 1, MOE_GRAD_EXPERT, c13);
             P("moe.experts.w2", 3, SHAPE(m->E_local, m->C, m->F), 1, 1, MOE_GRAD_EXPERT, c2);
+            expert_canonical_rows(m, l, 2);
             if (m->Fs) {
                 P("moe.shared.w13", 2, SHAPE(2 * m->Fs, m->C), 1, 0, MOE_GRAD_DP, cut_of(0, tp, r, 2, m->Fs, m->Fs, 0));
                 P("moe.shared.w2", 2, SHAPE(m->C, m->Fs), 1, 0, MOE_GRAD_DP, cut_of(1, tp, r, 1, m->Fs, 0, 0));
@@ -192,8 +205,8 @@ static moe_status carve_slot(moe_model *m, moe_arena *a, moe_mb_state *mb)
             F32(s->topk_w, Ng * K);
             I32(s->topk_idx, Ng * K);
             F32(s->counts, E);
-            I32(s->kept, E);
-            I32(s->offsets, E + 1);
+            I32(s->kept, m->nslot);
+            I32(s->offsets, m->nslot + 1);
             I32(s->slot_row, Ng * K);
             I32(s->row_token, R);
             I32(s->row_slot, R);
@@ -256,6 +269,12 @@ static moe_status carve_acts(moe_model *m, moe_arena *a)
     F32(m->dxs, R * C);
     F32(m->dys, R * C);
     I32(m->topk_slot, Ng * K);
+    size_t work = 0;
+    for (int i = 0; m->par.ep && i < m->n_moe; i++)
+        if (moe_expert_map_work(&m->par.maps[i]) > work)
+            work = moe_expert_map_work(&m->par.maps[i]);
+    if (work)
+        I32(m->slot_work, work);
     if (!m->par.ep) {
         F32(m->dh13, R * 2 * m->Fl);
         F32(m->dact, R * m->Fl);
@@ -312,6 +331,7 @@ static moe_status set_dims(moe_model *m, int max_batch)
     m->T = c->seq_length;
     m->maxB = max_batch;
     m->E_local = p->ep ? p->maps[0].E_local : m->E;
+    m->nslot = p->ep ? p->maps[0].ep_size * m->E_local : m->E;
 
     m->TPn = group_size(p->tp), m->tp_rank = group_rank(p->tp);
     m->CPn = group_size(p->cp), m->cp_rank = group_rank(p->cp);

@@ -90,6 +90,10 @@ typedef struct {
                       written to checkpoints (one per set of identical copies:
                       data-parallel replicas, tensor-parallel replicas, the
                       last pipeline stage's copy of a tied embedding) */
+    size_t canonical_numel; /* of a canonical tensor, the leading elements that
+                      count: numel, except for expert tensors holding extra
+                      copies of replicated experts (parallel/ep.h), whose
+                      rows after the map's n_canonical are counted elsewhere */
 } moe_param_info;
 
 /* What one forward pass measured, this rank's share: summing the stats of
@@ -173,6 +177,11 @@ moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale);
 ** moe_model_finish_grad_sync waits for all of it. Use it on the last
 ** micro-batch of a step. Without parallel groups both are no-ops. */
 void moe_model_set_grad_sync(moe_model *m, int on);
+/* Sums each replicated expert's gradient among its copies (expert placement
+** with replication: every copy saw its share of the tokens), so the copies
+** stay identical. After the step's backward (and grad sync); collective over
+** the ep group. No-op without replication. */
+moe_status moe_model_sum_expert_copies(moe_model *m);
 moe_status moe_model_finish_grad_sync(moe_model *m);
 
 /* Sums the MOE_GRAD_TP_DP gradients over tp (blocking), for callers that do

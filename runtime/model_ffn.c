@@ -133,13 +133,12 @@ static moe_status routed_forward(moe_model *m, int l, moe_fwd_stats *st)
 
     /* plan in slot order: rows come out grouped by the rank that owns their expert */
     const int32_t *plan_idx = s->topk_idx;
-    if (m->par.ep) {
-        for (int i = 0; i < Ng * K; i++)
-            m->topk_slot[i] = moe_expert_slot(&m->par.maps[li], s->topk_idx[i]);
+    if (m->par.ep) { /* a replicated expert's tokens split among its copies */
+        moe_expert_map_slots(&m->par.maps[li], s->topk_idx, Ng * K, m->topk_slot, m->slot_work);
         plan_idx = m->topk_slot;
     }
     s->rows = moe_route_plan(s->kept, s->offsets, s->slot_row, s->row_token, s->row_slot, plan_idx, s->topk_w, Ng,
-                             E, K, capacity_of(m, Ng), (moe_drop_policy)c->moe_token_drop_policy,
+                             m->nslot, K, capacity_of(m, Ng), (moe_drop_policy)c->moe_token_drop_policy,
                              c->moe_pad_expert_input_to_capacity);
     if (s->rows < 0)
         return moe_fail(MOE_ERR_INTERNAL, "layer %d: route plan refused the router's output", l);
@@ -151,7 +150,7 @@ static moe_status routed_forward(moe_model *m, int l, moe_fwd_stats *st)
         moe_experts_forward(s->ys, s->h13, s->act, s->xs, p->w13, p->w2, s->offsets, E, C, m->Fl);
     }
     long kept = 0; /* drops of the own tokens' pairs are counted by their etp rank 0 copy */
-    for (int e = 0; e < E; e++)
+    for (int e = 0; e < m->nslot; e++)
         kept += s->kept[e];
     if (m->etp_rank == 0) {
         m->load_pairs += (double)Ng * K;

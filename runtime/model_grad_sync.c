@@ -7,6 +7,8 @@
 ** all-reduce: the flat gradient buffer keeps a layer's tensors next to each
 ** other, so a layer costs a handful of messages. Gradients are summed, not
 ** averaged: the loss is already scaled by the global batch (see model.h).
+** The copies of a replicated expert sum theirs once the step's backward is
+** done (moe_model_sum_expert_copies).
 */
 #include "runtime/model_internal.h"
 
@@ -53,6 +55,33 @@ moe_status moe_model_finish_grad_sync(moe_model *m)
     if (st != MOE_OK)
         moe_trace_frame(__FILE__, __LINE__);
     return st;
+}
+
+/* Expert by expert in id order on every rank, so the collectives of the
+** groups that several experts share line up. */
+moe_status moe_model_sum_expert_copies(moe_model *m)
+{
+    if (!m->par.ep)
+        return MOE_OK;
+    MOE_FOR_STAGE_LAYERS(m, l) {
+        const moe_expert_map *map = m->moe_index[l] >= 0 ? &m->par.maps[m->moe_index[l]] : NULL;
+        if (!map || !map->replicated)
+            continue;
+        for (int e = 0; e < map->E; e++) {
+            int j = map->local_index[e];
+            if (j < 0 || !map->copy_comm[j])
+                continue;
+            for (int i = m->layer_first[l]; i < m->layer_first[l] + m->layer_count[l]; i++) {
+                const moe_param_info *p = &m->table[i];
+                if (!p->is_expert)
+                    continue;
+                size_t per = p->numel / (size_t)p->shape[0];
+                MOE_TRY(moe_allreduce(map->copy_comm[j], m->grads + p->offset + (size_t)j * per, per, MOE_DT_F32,
+                                      MOE_OP_SUM));
+            }
+        }
+    }
+    return MOE_OK;
 }
 
 moe_status moe_model_reduce_load(moe_model *m, moe_comm *group)

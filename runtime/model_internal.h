@@ -67,6 +67,9 @@ struct moe_model {
     int E_local;        /* experts whose weights this rank holds */
     moe_ep_layer *ep_layers; /* per MoE layer, with ep */
     int32_t *topk_slot; /* (Ng, K) router choices in slot order (see parallel/ep.h) */
+    int32_t *slot_work; /* moe_expert_map_slots scratch, for the largest map */
+    int nslot;          /* the route plan's slots: E, or ep x E_local with expert
+                           parallelism (each copy of a replicated expert has one) */
     int *layer_first, *layer_count; /* table entries of each layer */
 
     int trace_on;           /* count routing for a trace (see model.h) */

@@ -53,7 +53,7 @@ moe_status moe_grad_norm_parallel(moe_model *model, moe_comm *world, double *nor
     double sq = 0;
     for (int i = 0; i < count; i++)
         if (t[i].canonical)
-            sq += moe_sum_squares(g + t[i].offset, t[i].numel);
+            sq += moe_sum_squares(g + t[i].offset, t[i].canonical_numel);
     MOE_TRY(moe_allreduce(world, &sq, 1, MOE_DT_F64, MOE_OP_SUM));
     *norm = sqrt(sq);
     return MOE_OK;

@@ -113,6 +113,7 @@ typedef struct {
     moe_ckpt_part *p;
     char *names;
     int n;
+    int saving; /* only the rows this rank writes (not extra expert copies) */
 } part_list;
 
 static void list_free(part_list *l)
@@ -140,9 +141,11 @@ static moe_status param_map(const moe_trainer_par *par, const moe_config *cfg, c
     return MOE_OK;
 }
 
-/* Are this rank's experts of map ids [first, first + E_local)? */
+/* Are this rank's experts of map ids [first, first + E_local), one copy each? */
 static int contiguous(const moe_expert_map *map)
 {
+    if (map->replicated)
+        return 0;
     for (int l = 1; l < map->E_local; l++)
         if (map->local_experts[l] != map->local_experts[0] + l)
             return 0;
@@ -209,7 +212,8 @@ static moe_status add(part_list *l, const moe_trainer_par *par, const moe_config
     if (contiguous(map))
         return add_part(l, prefix, p, data, p->numel * sizeof(float), map->local_experts[0], rows, map->E);
     size_t per = p->numel / (size_t)rows;
-    for (int e = 0; e < map->E_local; e++)
+    int rows_here = l->saving ? map->n_canonical : map->E_local; /* every copy loads, the canonical one saves */
+    for (int e = 0; e < rows_here; e++)
         MOE_TRY(add_part(l, prefix, p, data + (size_t)e * per, per * sizeof(float), map->local_experts[e], 1,
                          map->E));
     return MOE_OK;
@@ -384,6 +388,7 @@ static moe_status build(moe_trainer *tr, const moments *mo, const staging *sg, i
     int mine_expert = !saving || owns_experts(par);
     int mine_state = !saving || !par->world || moe_comm_rank(par->world) == 0;
     memset(l, 0, sizeof *l);
+    l->saving = saving;
     MOE_TRY(moe_alloc((void **)&l->p, sizeof *l->p * (size_t)cap, "checkpoint tensor list"));
     MOE_TRY(moe_alloc((void **)&l->names, (size_t)cap * NAME_MAX_LEN, "checkpoint tensor names"));
     static const char *prefix[PREFIXES] = {"model.", "optim.m.", "optim.v."};

@@ -41,14 +41,18 @@ static moe_status distopt_init(moe_trainer *t)
     int count;
     const moe_param_info *p = moe_model_params(t->model, &count);
     moe_distopt_tensor *dt = NULL;
-    MOE_TRY(moe_alloc((void **)&dt, sizeof *dt * (size_t)count, "distributed optimizer table"));
-    int tp_rank = t->par.tp ? moe_comm_rank(t->par.tp) : 0;
+    MOE_TRY(moe_alloc((void **)&dt, sizeof *dt * (size_t)count * 2, "distributed optimizer table"));
+    int tp_rank = t->par.tp ? moe_comm_rank(t->par.tp) : 0, nt = 0;
     for (int i = 0; i < count; i++) {
         int copy = (!p[i].is_expert && p[i].cut.split_dim < 0 && tp_rank > 0) || p[i].pp_copy;
-        dt[i] = (moe_distopt_tensor){p[i].offset, p[i].numel, p[i].decay, p[i].is_expert, copy};
+        size_t own = p[i].canonical_numel; /* extra copies of replicated experts: counted on another rank */
+        if (own > 0 || p[i].numel == 0)
+            dt[nt++] = (moe_distopt_tensor){p[i].offset, own, p[i].decay, p[i].is_expert, copy};
+        if (own < p[i].numel)
+            dt[nt++] = (moe_distopt_tensor){p[i].offset + own, p[i].numel - own, p[i].decay, p[i].is_expert, 1};
     }
     size_t n = moe_model_num_params(t->model);
-    moe_status st = moe_distopt_create(&t->dopt, dt, count, n, t->par.dp_cp, t->par.edp, t->par.ep, 0);
+    moe_status st = moe_distopt_create(&t->dopt, dt, nt, n, t->par.dp_cp, t->par.edp, t->par.ep, 0);
     moe_free(dt);
     MOE_TRY(st);
     t->opt = (moe_adamw){.n = n};
@@ -335,6 +339,7 @@ moe_status moe_trainer_step(moe_trainer *t, const int32_t *inputs, const int32_t
         MOE_TRY(run_micro_batches(t, inputs, targets, micro, lm_scale, aux_scale, sums));
     MOE_TRY(moe_model_finish_grad_sync(t->model));
     MOE_TRY(sync_tied_embedding(t));
+    MOE_TRY(moe_model_sum_expert_copies(t->model));
     /* each rank's share of the micro-batches it worked on (see moe_fwd_stats) */
     if (t->par.world)
         MOE_TRY(moe_allreduce(t->par.world, sums, 3, MOE_DT_F64, MOE_OP_SUM));

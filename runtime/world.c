@@ -36,7 +36,44 @@ static int count_moe_layers(const moe_config *cfg)
     return n;
 }
 
-/* One expert map per MoE layer: the plan's, or contiguous without one. */
+/* Layer l's copies as moe_expert_map_from_copies takes them. */
+static void plan_layer(const moe_plan *p, int l, int *ncopies, int *ranks, double *shares)
+{
+    int maxc = p->max_copies;
+    for (int e = 0; e < p->experts; e++) {
+        ncopies[e] = p->ncopies[(size_t)l * p->experts + e];
+        const moe_plan_copy *c = moe_plan_copies(p, l, e);
+        for (int k = 0; k < ncopies[e]; k++) {
+            ranks[(size_t)e * maxc + k] = c[k].rank;
+            shares[(size_t)e * maxc + k] = c[k].share;
+        }
+    }
+}
+
+static moe_status maps_from_plan(moe_world *w, const moe_plan *p, int ep, int ep_rank)
+{
+    int E = p->experts, maxc = p->max_copies, copies = 0;
+    for (int e = 0; e < E; e++)
+        copies += p->ncopies[e];
+    int *ncopies = NULL, *ranks = NULL;
+    double *shares = NULL;
+    moe_status st = moe_alloc((void **)&ncopies, sizeof(int) * (size_t)E, "expert placement");
+    if (st == MOE_OK)
+        st = moe_alloc((void **)&ranks, sizeof(int) * (size_t)E * maxc, "expert placement");
+    if (st == MOE_OK)
+        st = moe_alloc((void **)&shares, sizeof(double) * (size_t)E * maxc, "expert placement");
+    for (int l = 0; l < p->layers && st == MOE_OK; l++) {
+        plan_layer(p, l, ncopies, ranks, shares);
+        st = moe_expert_map_from_copies(&w->maps[l], E, ep, ep_rank, copies / ep, ncopies, ranks, shares, maxc);
+    }
+    moe_free(ncopies);
+    moe_free(ranks);
+    moe_free(shares);
+    return st;
+}
+
+/* One expert map per MoE layer: the plan's, or contiguous without one; then
+** the groups that sum a replicated expert's gradients. */
 static moe_status build_maps(moe_world *w, const moe_config *cfg, int ep, int ep_rank)
 {
     int layers = count_moe_layers(cfg), E = cfg->num_experts;
@@ -49,20 +86,18 @@ static moe_status build_maps(moe_world *w, const moe_config *cfg, int ep, int ep
     }
     const char *path = cfg->expert_placement;
     moe_plan plan;
-    memset(&plan, 0, sizeof plan);
-    MOE_TRY(moe_plan_read_trainable(path, layers, E, ep, &plan));
-    int *rank_of = NULL;
-    moe_status st = moe_alloc((void **)&rank_of, sizeof(int) * (size_t)E, "expert placement");
-    for (int l = 0; l < layers && st == MOE_OK; l++) {
-        for (int e = 0; e < E; e++)
-            rank_of[e] = moe_plan_copies(&plan, l, e)[0].rank;
-        st = moe_expert_map_from_ranks(&w->maps[l], E, ep, ep_rank, rank_of);
+    MOE_TRY(moe_plan_read_trainable(path, layers, E, ep, cfg->moe_expert_capacity_factor, &plan));
+    moe_status st = maps_from_plan(w, &plan, ep, ep_rank);
+    if (st == MOE_OK && w->rank == 0) {
+        int extra = 0;
+        for (int i = 0; i < layers * E; i++)
+            extra += plan.ncopies[i] - 1;
+        moe_info("expert placement from %s (%s plan, %d MoE layers, %d copies per rank, %d extra copies in all)",
+                 path, plan.method, layers, w->maps[0].E_local, extra);
     }
-    if (st == MOE_OK && w->rank == 0)
-        moe_info("expert placement from %s (%s plan, %d MoE layers)", path, plan.method, layers);
-    moe_free(rank_of);
     moe_plan_free(&plan);
-    return st;
+    MOE_TRY(st);
+    return moe_expert_maps_connect(w->maps, w->nmaps, w->groups[MOE_G_EP], &w->copy_comms, &w->ncopy_comms);
 }
 
 moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
@@ -127,6 +162,9 @@ moe_status moe_world_setup(moe_world *w, moe_comm *world, moe_config *cfg)
 
 void moe_world_free(moe_world *w)
 {
+    for (int i = 0; i < w->ncopy_comms; i++)
+        moe_comm_free(w->copy_comms[i]);
+    moe_free(w->copy_comms);
     for (int k = 0; k < MOE_G_COUNT; k++)
         moe_comm_free(w->groups[k]);
     for (int i = 0; w->maps && i < w->nmaps; i++)

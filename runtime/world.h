@@ -23,6 +23,8 @@ typedef struct {
     moe_comm *groups[MOE_G_COUNT]; /* the ones this build uses; others NULL */
     moe_expert_map *maps; /* [nmaps]: one per MoE layer (at least one) */
     int nmaps;
+    moe_comm **copy_comms; /* [ncopy_comms]: the maps' copy groups (moe_expert_maps_connect) */
+    int ncopy_comms;
     moe_trainer_par par;
     int rank, size;
     char binding[256]; /* this process's core binding as logged ("" if binding failed) */

@@ -10,6 +10,15 @@ moe_mpi_test(mpi_equiv_ep2_capacity 2 mpi_equivalence --ep 2 --capacity 0.6)
 # checkpoints across placements.
 moe_mpi_test(mpi_equiv_ep2_placement 2 mpi_equivalence --ep 2 --placement-permute)
 moe_mpi_test(mpi_equiv_ep4_placement 4 mpi_equivalence --ep 4 --experts 8 --placement-permute)
+# Replicated experts: copies split their expert's tokens by the plan's shares
+# and sum their gradients; with fine overlap, the distributed optimizer,
+# ETP + SP, and a pipeline with coarse overlap.
+moe_mpi_test(mpi_equiv_ep2_replicated 2 mpi_equivalence --ep 2 --placement-replicate)
+moe_mpi_test(mpi_equiv_ep4_replicated_fine 4 mpi_equivalence --ep 4 --experts 8 --placement-replicate --overlap 2)
+moe_mpi_test(mpi_equiv_ep2_dp2_replicated_distopt 4 mpi_equivalence --ep 2 --placement-replicate --distopt)
+moe_mpi_test(mpi_equiv_tp2_sp_ep2_etp2_replicated 4 mpi_equivalence --tp 2 --sp --etp 2 --ep 2 --placement-replicate)
+moe_mpi_test(mpi_equiv_pp2_ep2_replicated_coarse 4 mpi_equivalence --pp 2 --ep 2 --layers 4 --placement-replicate
+             --overlap 1)
 # The same with the distributed optimizer (AdamW state sharded over DP / EDP).
 moe_mpi_test(mpi_equiv_dp2_distopt 2 mpi_equivalence --ep 1 --distopt)
 moe_mpi_test(mpi_equiv_ep2_distopt 2 mpi_equivalence --ep 2 --distopt)
@@ -52,6 +61,8 @@ endforeach()
 # for these runs (address and UB checking stay on), as in comm.cmake.
 foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_ep4_8experts
           mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_ep2_placement mpi_equiv_ep4_placement
+          mpi_equiv_ep2_replicated mpi_equiv_ep4_replicated_fine mpi_equiv_ep2_dp2_replicated_distopt
+          mpi_equiv_tp2_sp_ep2_etp2_replicated mpi_equiv_pp2_ep2_replicated_coarse
           mpi_equiv_dp2_distopt mpi_equiv_ep2_distopt
           mpi_equiv_ep2_dp2_distopt mpi_equiv_tp2 mpi_equiv_tp2_sp mpi_equiv_cp2 mpi_equiv_tp2_ep2
           mpi_equiv_tp2_ep2_etp2 mpi_equiv_tp2_sp_ep2_etp2 mpi_equiv_cp2_ep4 mpi_equiv_tp2_cp2_ep4

@@ -204,6 +204,45 @@ START_TEST(test_bad_tables)
 }
 END_TEST
 
+/* Two subsets, the odd ranks in reverse and the first two: members get a comm
+** whose ranks follow the list and sum among themselves; the others get NULL.
+** Bad lists are refused on every rank alike. */
+START_TEST(test_subsets)
+{
+    int *odd = zalloc(sizeof(int) * (size_t)P), n = 0;
+    for (int r = P - 1; r >= 0; r--)
+        if (r % 2)
+            odd[n++] = r;
+    for (int k = 0; k < 2 && n > 0; k++) {
+        int first2[2] = {0, 1}, *list = k ? first2 : odd, len = k ? (P >= 2 ? 2 : 1) : n, pos = -1;
+        moe_comm *g = NULL;
+        OK_ALL(moe_comm_create_subset(W, list, len, "subset", &g));
+        for (int i = 0; i < len; i++)
+            if (list[i] == R)
+                pos = i;
+        int ok = (g != NULL) == (pos >= 0);
+        if (ok && g) {
+            int64_t v = R, want = 0;
+            for (int i = 0; i < len; i++)
+                want += list[i];
+            ok = moe_comm_rank(g) == pos && moe_comm_size(g) == len &&
+                 moe_allreduce(g, &v, 1, MOE_DT_I64, MOE_OP_SUM) == MOE_OK && v == want;
+        }
+        CHECK_ALL(ok, "subset %d: comm %p at position %d, wrong membership, order or sum", k, (void *)g, pos);
+        moe_comm_free(g);
+    }
+    free(odd);
+    moe_comm *g = NULL;
+    int out_of_range[1] = {P};
+    REFUSED(moe_comm_create_subset(W, out_of_range, 1, "bad", &g), MOE_ERR_INTERNAL, "'bad'", "outside");
+    if (P >= 2) {
+        int twice[2] = {1, 1};
+        REFUSED(moe_comm_create_subset(W, twice, 2, "bad", &g), MOE_ERR_INTERNAL, "'bad'", "listed twice");
+    }
+    REFUSED(moe_comm_create_subset(W, out_of_range, 0, "bad", &g), MOE_ERR_INTERNAL, "'bad'", "0 ranks");
+}
+END_TEST
+
 /* ---- reductions -------------------------------------------------------------- */
 
 static const moe_dtype NUM_T[] = {MOE_DT_F32, MOE_DT_F64, MOE_DT_I32, MOE_DT_I64, MOE_DT_U8};
@@ -678,6 +717,7 @@ static Suite *comm_suite(void)
     tcase_add_test(tc, test_world);
     tcase_add_test(tc, test_groups);
     tcase_add_test(tc, test_bad_tables);
+    tcase_add_test(tc, test_subsets);
     tcase_add_test(tc, test_allreduce);
     tcase_add_test(tc, test_allreduce_random_exact);
     tcase_add_test(tc, test_allreduce_deterministic);

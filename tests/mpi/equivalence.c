@@ -6,7 +6,7 @@
 ** tensor (expert tensors against this rank's slice of the reference).
 **
 ** usage: mpirun -np W mpi_equivalence --ep N [--experts E] [--capacity F]
-**        [--starve] [--steps S] [--distopt] [--placement-permute]
+**        [--starve] [--steps S] [--distopt] [--placement-permute] [--placement-replicate]
 ** --starve routes nothing to the second EP rank's experts (a huge negative
 ** expert bias), so that rank sends and receives zero rows.
 ** --distopt runs the parallel side with the distributed optimizer. Its flat
@@ -22,6 +22,10 @@
 ** cross placements: saved under the plan, loaded by a contiguous run and by
 ** one process (whole tensors), saved again contiguous and loaded back under
 ** the plan; every parameter and moment must match bit for bit.
+** --placement-replicate: the same with a replicated plan: on top of the
+** permutation every rank holds one extra copy (a hot expert gets one on every
+** rank), and a replicated expert's tokens split unevenly among its copies.
+** Bit-identical checkpoints then also show that the copies stayed identical.
 */
 #include <check.h>
 #include <math.h>
@@ -31,12 +35,13 @@
 
 #include <unistd.h>
 
+#include "planner/placement.h"
 #include "planner/plan.h"
 #include "runtime/base/rng.h"
 #include "runtime/train_ckpt.h"
 #include "runtime/world.h"
 
-static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute;
+static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute, g_replicate;
 static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap, g_vpl, g_first, g_last;
 static double g_capacity;
 static moe_comm *g_world;
@@ -218,9 +223,38 @@ static void shared_path(const char *what, char *path, size_t cap)
     snprintf(path, cap, "/tmp/moe_equiv_%d_%s", (int)pid, what);
 }
 
-/* Rank 0 writes a plan putting expert e of MoE layer l on rank
-** (3e + 1 + l) mod ep: scattered, a different permutation per layer, and
-** balanced (3 is odd and ep a power of two, so each residue gets E/ep). */
+/* Canonical copy of expert e of MoE layer l on rank (3e + 1 + l) mod ep:
+** scattered, a different permutation per layer, and balanced (3 is odd and
+** ep a power of two, so each residue gets E/ep). */
+static int permuted_rank(int l, int e, int ep) { return (3 * e + 1 + l) % ep; }
+
+/* With g_replicate every rank also holds a copy of the layer's hot expert
+** (2 + l) mod E, except its canonical holder, which takes a copy of the next
+** expert it lacks: the hot expert has ep copies, another one two. A
+** replicated expert's canonical copy takes 0.1 of its tokens, the other
+** copies share the rest. */
+static void fill_plan_layer(moe_plan *p, int l)
+{
+    int E = p->experts, ep = p->ep, hot = (2 + l) % E;
+    for (int e = 0; e < E; e++) {
+        p->ncopies[l * E + e] = 1;
+        moe_plan_copies(p, l, e)[0] = (moe_plan_copy){permuted_rank(l, e, ep), 1.0};
+    }
+    for (int r = 0; g_replicate && r < ep; r++) {
+        int e = hot;
+        while (permuted_rank(l, e, ep) == r || (e != hot && p->ncopies[l * E + e] > 1))
+            e = (e + 1) % E;
+        moe_plan_copies(p, l, e)[p->ncopies[l * E + e]++] = (moe_plan_copy){r, 0};
+    }
+    for (int e = 0; e < E; e++) {
+        int n = p->ncopies[l * E + e];
+        moe_plan_copy *c = moe_plan_copies(p, l, e);
+        for (int k = 0; n > 1 && k < n; k++)
+            c[k].share = k == 0 ? 0.1 : 0.9 / (n - 1);
+    }
+}
+
+/* Rank 0 writes the plan (see fill_plan_layer). */
 static void write_permuted_plan(const moe_config *c, const char *path)
 {
     int layers = 0, E = c->num_experts, ep = c->expert_model_parallel_size;
@@ -228,15 +262,12 @@ static void write_permuted_plan(const moe_config *c, const char *path)
         layers += c->moe_layer_is_moe[l] != 0;
     if (moe_comm_rank(g_world) == 0) {
         moe_plan p;
-        ck_assert_msg(moe_plan_alloc(&p, layers, E, ep, 1) == MOE_OK, "%s", moe_errmsg());
+        ck_assert_msg(moe_plan_alloc(&p, layers, E, ep, g_replicate ? ep : 1) == MOE_OK, "%s", moe_errmsg());
         p.ranks_per_node = ep;
-        p.slots_per_rank = E / ep;
-        snprintf(p.method, sizeof p.method, "test-permute");
+        p.slots_per_rank = E / ep + g_replicate;
+        snprintf(p.method, sizeof p.method, g_replicate ? "test-replicate" : "test-permute");
         for (int l = 0; l < layers; l++)
-            for (int e = 0; e < E; e++) {
-                p.ncopies[l * E + e] = 1;
-                p.copies[((size_t)l * E + e) * p.max_copies] = (moe_plan_copy){(3 * e + 1 + l) % ep, 1.0};
-            }
+            fill_plan_layer(&p, l);
         ck_assert_msg(moe_plan_write(path, &p) == MOE_OK, "%s", moe_errmsg());
         moe_plan_free(&p);
     }
@@ -244,14 +275,15 @@ static void write_permuted_plan(const moe_config *c, const char *path)
     ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
 }
 
-/* Plans this build refuses: a replicated expert, and a rank holding more
-** than E/ep experts. Setup must fail with a usage error naming the file. */
+/* Plans training refuses: a replicated expert under a capacity factor, and
+** a rank holding more copies than the others. Setup must fail with a usage
+** error naming the file. */
 static void refused_plans(const moe_config *base)
 {
     int layers = 0, E = base->num_experts, ep = base->expert_model_parallel_size;
     for (int l = 0; l < base->num_layers; l++)
         layers += base->moe_layer_is_moe[l] != 0;
-    static const char *want[2] = {"replicated plans are not supported", "needs exactly num-experts / EP"};
+    static const char *want[2] = {"replicated experts need dropless routing", "the same number on every rank"};
     for (int kind = 0; kind < 2; kind++) {
         char path[256];
         shared_path(kind ? "unbalanced.pb" : "replicated.pb", path, sizeof path);
@@ -266,10 +298,10 @@ static void refused_plans(const moe_config *base)
                     moe_plan_copy *c = p.copies + ((size_t)l * E + e) * p.max_copies;
                     p.ncopies[l * E + e] = 1;
                     c[0] = (moe_plan_copy){kind ? 0 : e % ep, 1.0};
-                    if (kind == 0 && e == 0) { /* expert 0 on two ranks, half each */
+                    if (kind == 0 && e < ep) { /* expert e also on the next rank: one extra copy each */
                         p.ncopies[l * E + e] = 2;
                         c[0].share = 0.5;
-                        c[1] = (moe_plan_copy){1, 0.5};
+                        c[1] = (moe_plan_copy){(e + 1) % ep, 0.5};
                     }
                 }
             ck_assert_msg(moe_plan_write(path, &p) == MOE_OK, "%s", moe_errmsg());
@@ -279,6 +311,8 @@ static void refused_plans(const moe_config *base)
         ck_assert(moe_allreduce(g_world, &sync, 1, MOE_DT_I32, MOE_OP_MAX) == MOE_OK);
         moe_config c = *base;
         snprintf(c.expert_placement, sizeof c.expert_placement, "%s", path);
+        if (kind == 0)
+            c.moe_expert_capacity_factor = 1.5;
         moe_world w;
         moe_status st = moe_world_setup(&w, g_world, &c);
         ck_assert_msg(st == MOE_ERR_USAGE, "plan %s: setup gave %d (%s)", path, (int)st, moe_errmsg());
@@ -490,7 +524,7 @@ START_TEST(parallel_matches_single_rank)
         printf("W=%d PP=%d TP=%d%s CP=%d DP=%d | ETP=%d EP=%d EDP=%d, experts=%d%s%s: %d steps match the single-rank run\n",
                W, w.layout.pp, w.layout.tp, g_sp ? " (SP)" : "", w.layout.cp, w.layout.dp, w.layout.etp, w.layout.ep,
                w.layout.edp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "",
-               g_permute ? " (permuted placement plan)" : "", g_steps);
+               g_replicate ? " (replicated placement plan)" : g_permute ? " (permuted placement plan)" : "", g_steps);
     if (g_ckpt)
         checkpoints_round_trip(par, &w, &cfg, &single);
     if (g_permute) {
@@ -533,6 +567,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--starve") == 0) g_starve = 1;
         else if (strcmp(argv[i], "--distopt") == 0) g_distopt = 1;
         else if (strcmp(argv[i], "--placement-permute") == 0) g_permute = 1;
+        else if (strcmp(argv[i], "--placement-replicate") == 0) g_permute = g_replicate = 1;
     }
     Suite *s = suite_create("equivalence");
     TCase *tc = tcase_create("core");
