@@ -13,12 +13,16 @@
 ** land, and each source's results are sent home the moment they are done.
 ** With more than one OpenMP thread, thread 0 only drives MPI (Open MPI over
 ** TCP moves bytes only inside MPI calls) and the other threads compute; with
-** one thread the driver tests for arrivals between tasks.
+** one thread the driver runs between every two segments (local experts) of a
+** task. Backward, the weight gradients of source p run as soon as the data
+** gradients of sources 0..p are done, filling the waits for rows and hiding
+** the last results' trip home.
 **
 ** Both run exactly the GEMMs of the plain dispatcher, on the same rows, so
-** outputs are bit-identical to it; backward runs the data gradients per
-** chunk / source as they arrive and the weight gradients once, over every
-** segment in order, so they do not depend on arrival order either.
+** outputs are bit-identical to it; the data gradients run per chunk / source
+** as they arrive, and every expert's weight gradient sums its segments in
+** source order (coarse: once, after the pass), so they do not depend on
+** arrival order either.
 */
 #include <sched.h>
 #include <stdatomic.h>
@@ -52,26 +56,8 @@ typedef struct {
     float *res;       /* task results, received order (ye or dx) */
     float *out;       /* results home, slot order */
     const float *w13, *w2;
+    float *dw13, *dw2; /* backward, fine: weight gradients, accumulated inside the pass */
 } pass;
-
-/* The task of source p: the expert forward, or the data gradients, of its
-** segments. Returns the seconds it took. */
-static double run_source(const pass *a, int p)
-{
-    moe_ep_layer *s = a->s;
-    int El = a->map->E_local, g0 = p * El;
-    double t0 = moe_now();
-    if (!a->backward)
-        moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, a->w13, a->w2, s->offsets + g0,
-                                     s->seg_expert + g0, El, a->C, a->F);
-    else
-        moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g0,
-                                   s->seg_expert + g0, El, a->C, a->F);
-    double t1 = moe_now();
-    if (s->on_event)
-        s->on_event(s->event_ctx, "compute", p, t0, t1);
-    return t1 - t0;
-}
 
 /* The test hook of ep.h (delay_us): a pseudo-random pause before a send. */
 static void maybe_delay(moe_ep_layer *s)
@@ -89,6 +75,9 @@ typedef struct {
     moe_request **in, **back, **out, **ret; /* [P]: rows arriving, results arriving, rows sent, results sent */
     atomic_int *arrived, *claimed, *done;
     int *sent;
+    atomic_int wnext; /* backward: the next source whose weight gradients run, in source order (P: none) */
+    atomic_int wbusy; /* a thread is running weight gradients */
+    int serial;       /* one thread: tasks call the driver between their segments */
 } fine_state;
 
 /* Posts the receives of rows and results and the sends of rows. */
@@ -114,8 +103,10 @@ static moe_status fine_post(const pass *a, fine_state *f)
     return MOE_OK;
 }
 
-/* Driver side: marks arrived sources, sends finished ones home. Returns
-** whether every source has been sent home. MPI calls happen only here. */
+/* Driver side: marks arrived sources, sends finished ones home, and tests
+** the sends in flight (Open MPI over TCP moves bytes only inside MPI calls).
+** Returns whether every source has been sent home. MPI calls happen only
+** here. */
 static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
 {
     moe_ep_layer *s = a->s;
@@ -145,10 +136,83 @@ static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
                 s->on_event(s->event_ctx, "sent", p, t, t);
             }
         }
+        if (f->out[p])
+            MOE_TRY(moe_test(&f->out[p], &ok));
+        if (f->ret[p])
+            MOE_TRY(moe_test(&f->ret[p], &ok));
         left += !f->sent[p];
     }
     *finished = left == 0;
     return MOE_OK;
+}
+
+/* Between two segments of a task: the driver's turn when there is no driver
+** thread. */
+static moe_status between_segments(const pass *a, fine_state *f)
+{
+    int finished;
+    return f->serial ? fine_progress(a, f, &finished) : MOE_OK;
+}
+
+/* The data task of source p, one segment at a time: the expert forward, or
+** the data gradients. *secs gets its GEMM time. */
+static moe_status run_source(const pass *a, fine_state *f, int p, double *secs)
+{
+    moe_ep_layer *s = a->s;
+    int El = a->map->E_local, g0 = p * El;
+    double t0 = moe_now(), busy = 0;
+    for (int g = g0; g < g0 + El; g++) {
+        double u = moe_now();
+        if (!a->backward)
+            moe_experts_forward_segments(s->ye, s->h13, s->act, s->xr, a->w13, a->w2, s->offsets + g,
+                                         s->seg_expert + g, 1, a->C, a->F);
+        else
+            moe_experts_dgrad_segments(s->dx, s->dh13, s->dact, s->ye, s->h13, a->w13, a->w2, s->offsets + g,
+                                       s->seg_expert + g, 1, a->C, a->F);
+        busy += moe_now() - u;
+        MOE_TRY(between_segments(a, f));
+    }
+    if (s->on_event)
+        s->on_event(s->event_ctx, "compute", p, t0, moe_now());
+    *secs = busy;
+    return MOE_OK;
+}
+
+/*
+** Backward: the weight gradients of the next source in source order, once its
+** data task is done and no other thread is at them. Every expert's gradient
+** then sums its segments in source order, as the plain dispatcher does, so
+** the bits do not depend on arrival order; the work fills the waits for rows
+** and hides the last results' trip home. *secs = 0 when nothing ran.
+*/
+static moe_status next_wgrad(const pass *a, fine_state *f, double *secs)
+{
+    moe_ep_layer *s = a->s;
+    int P = a->map->ep_size, El = a->map->E_local, expect = 0;
+    int w = atomic_load(&f->wnext);
+    *secs = 0;
+    if (w >= P || !atomic_load_explicit(&f->done[w], memory_order_acquire))
+        return MOE_OK;
+    if (!atomic_compare_exchange_strong(&f->wbusy, &expect, 1))
+        return MOE_OK;
+    moe_status st = MOE_OK;
+    w = atomic_load(&f->wnext); /* under the flag: still ready? */
+    if (w < P && atomic_load_explicit(&f->done[w], memory_order_acquire)) {
+        double t0 = moe_now(), busy = 0;
+        for (int g = w * El; g < (w + 1) * El && st == MOE_OK; g++) {
+            double u = moe_now();
+            moe_experts_wgrad_segments(a->dw13, a->dw2, s->ye, s->xr, s->dh13, s->act, s->offsets + g,
+                                       s->seg_expert + g, 1, a->C, a->F);
+            busy += moe_now() - u;
+            st = between_segments(a, f);
+        }
+        if (s->on_event)
+            s->on_event(s->event_ctx, "wgrad", w, t0, moe_now());
+        *secs = busy > 0 ? busy : 1e-300; /* ran, even if nothing to compute */
+        atomic_store(&f->wnext, w + 1);
+    }
+    atomic_store(&f->wbusy, 0);
+    return st;
 }
 
 /* Compute side: the first arrived, unclaimed source in order; -1 when all
@@ -179,19 +243,30 @@ static int threads_available(void)
 #endif
 }
 
-/* One thread: test for arrivals between tasks. */
-static moe_status fine_run_serial(const pass *a, fine_state *f)
+/* One worker's loop: data tasks first (their results unblock sends home),
+** else the next weight gradients, until both are exhausted. *busy adds GEMM
+** seconds. */
+static moe_status compute_loop(const pass *a, fine_state *f, atomic_int *failed, double *busy)
 {
-    int finished = 0;
-    while (!finished) {
-        MOE_TRY(fine_progress(a, f, &finished));
+    int P = a->map->ep_size, finished = 0;
+    while (!(failed && atomic_load(failed))) {
+        if (f->serial)
+            MOE_TRY(fine_progress(a, f, &finished));
+        double secs;
         int p = fine_claim(a, f);
         if (p >= 0) {
-            a->s->compute_s += run_source(a, p);
+            MOE_TRY(run_source(a, f, p, &secs));
+            *busy += secs;
             atomic_store_explicit(&f->done[p], 1, memory_order_release);
-        } else if (p == -2) {
-            sched_yield();
+            continue;
         }
+        MOE_TRY(next_wgrad(a, f, &secs));
+        *busy += secs > 1e-290 ? secs : 0;
+        if (secs > 0)
+            continue;
+        if (p == -1 && atomic_load(&f->wnext) >= P && (!f->serial || finished))
+            return MOE_OK;
+        sched_yield();
     }
     return MOE_OK;
 }
@@ -199,8 +274,9 @@ static moe_status fine_run_serial(const pass *a, fine_state *f)
 /* Thread 0 drives MPI, the others compute (GEMMs single-threaded inside the region). */
 static moe_status fine_run_threaded(const pass *a, fine_state *f, int nt)
 {
-    moe_status st = MOE_OK;
+    moe_status st = MOE_OK, cst = MOE_OK;
     atomic_int failed = 0;
+    int P = a->map->ep_size;
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -210,31 +286,25 @@ static moe_status fine_run_threaded(const pass *a, fine_state *f, int nt)
 #endif
         if (me == 0) {
             int finished = 0;
-            while (!finished && st == MOE_OK) {
+            while (st == MOE_OK && !atomic_load(&failed) && (!finished || atomic_load(&f->wnext) < P)) {
                 st = fine_progress(a, f, &finished);
-                if (!finished)
-                    sched_yield();
+                sched_yield();
             }
             if (st != MOE_OK) /* let the compute threads out: nothing more will arrive */
                 atomic_store(&failed, 1);
         } else {
             double busy = 0;
-            while (!atomic_load(&failed)) {
-                int p = fine_claim(a, f);
-                if (p == -1)
-                    break;
-                if (p == -2) {
-                    sched_yield();
-                    continue;
-                }
-                busy += run_source(a, p);
-                atomic_store_explicit(&f->done[p], 1, memory_order_release);
+            moe_status mine = compute_loop(a, f, &failed, &busy);
+            if (mine != MOE_OK) {
+                atomic_store(&failed, 1);
+#pragma omp critical(moe_ep_fine_status)
+                cst = mine;
             }
 #pragma omp atomic
             a->s->compute_s += busy;
         }
     }
-    return st;
+    return st != MOE_OK ? st : cst;
 }
 
 static moe_status fine_pass(const pass *a)
@@ -251,11 +321,19 @@ static moe_status fine_pass(const pass *a)
         sent[p] = 0;
     }
     atomic_store(&arrived[a->map->ep_rank], 1); /* local rows need no message */
-    fine_state f = {in, back, out, ret, arrived, claimed, done, sent};
-    moe_status st = fine_post(a, &f);
     int nt = threads_available();
-    if (st == MOE_OK)
-        st = nt > 1 ? fine_run_threaded(a, &f, nt) : fine_run_serial(a, &f);
+    fine_state f = {.in = in, .back = back, .out = out, .ret = ret, .arrived = arrived, .claimed = claimed,
+                    .done = done, .sent = sent, .serial = nt == 1};
+    atomic_init(&f.wnext, a->backward ? 0 : P);
+    atomic_init(&f.wbusy, 0);
+    moe_status st = fine_post(a, &f);
+    if (st == MOE_OK && nt > 1)
+        st = fine_run_threaded(a, &f, nt);
+    else if (st == MOE_OK) {
+        double busy = 0;
+        st = compute_loop(a, &f, NULL, &busy);
+        a->s->compute_s += busy;
+    }
     for (int p = 0; p < P; p++) { /* complete everything posted, even after a failure */
         moe_request **r[4] = {&in[p], &back[p], &out[p], &ret[p]};
         for (int k = 0; k < 4; k++) {
@@ -372,7 +450,7 @@ moe_status moe_ep_forward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_exper
     for (int p = 0; p < map->ep_size; p++)
         rows += s->send_rows[p];
     moe_permute_forward(xs, x, row_token, (int)rows, C);
-    pass a = {s, ep, map, C, F, 0, xs, s->xr, s->ye, ys, w13, w2};
+    pass a = {s, ep, map, C, F, 0, xs, s->xr, s->ye, ys, w13, w2, NULL, NULL};
     s->compute_s = 0;
     return s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a);
 }
@@ -382,9 +460,11 @@ moe_status moe_ep_backward_overlap(moe_ep_layer *s, moe_comm *ep, const moe_expe
                                    float *dxs)
 {
     moe_ep_refresh_splits(s, map->ep_size, C);
-    pass a = {s, ep, map, C, F, 1, dys, s->ye, s->dx, dxs, w13, w2};
+    pass a = {s, ep, map, C, F, 1, dys, s->ye, s->dx, dxs, w13, w2, dw13, dw2};
     s->compute_s = 0;
-    MOE_TRY(s->overlap == MOE_EP_COARSE ? coarse_pass(&a) : fine_pass(&a));
+    if (s->overlap != MOE_EP_COARSE) /* fine runs the weight gradients inside the pass */
+        return fine_pass(&a);
+    MOE_TRY(coarse_pass(&a));
     /* weight gradients once, every segment in order: independent of arrival order */
     int segs = map->ep_size * map->E_local;
     double t0 = moe_now();
