@@ -127,7 +127,7 @@ const moe_cfg_key moe_cfg_keys[] = {
     STR("trace-routing", trace_routing, "", "record routing (tokens per expert per rank, layer transitions) here"),
     INT("trace-window", trace_window, 1, INT_MAX, "100", "training steps summed into one routing-trace window"),
     STR("expert-placement", expert_placement, "",
-        "placement plan (moe plan placement) giving each MoE layer's expert -> rank; \"\" = contiguous"),
+        "placement plan (moe plan placement): each MoE layer's expert copies -> ranks and token shares; \"\" = contiguous"),
 
     /* run */
     STR("run-dir", run_dir, "runs/latest", "where config.yaml, metrics.jsonl, checkpoints and logs go"),
