@@ -21,13 +21,23 @@ static const char *USAGE =
     "  --out PLAN           plan file to write (atomically)                         required\n"
     "  --ranks-per-node K   ranks per node (recorded; see docs/planner.md)          default N\n"
     "  --slots-per-rank S   expert copies a rank may hold per layer    default ceil((E+R)/N)\n"
-    "  --replicas R         extra expert copies per layer (eplb only)               default 0\n"
+    "  --replicas R         extra expert copies per layer (eplb or ilp): every      default 0\n"
+    "                       layer gets exactly E+R copies, so with S*N = E+R every\n"
+    "                       rank holds exactly S; at most E*(N-1)\n"
     "  --method M           ilp, greedy, contiguous, round-robin or eplb            default ilp\n"
     "  --time-limit SEC     ilp: wall-clock limit per layer (watchdog enforced)     default 10\n"
     "  --gap F              ilp: relative optimality gap to stop at                 default 0.005\n"
     "  --jobs J             ilp: layers solved at once                     default: CPU count\n"
     "  --json               one JSON object on stdout instead of a summary\n"
-    "The cost of a plan is the sum over layers of the most loaded rank's load.\n"
+    "Methods: contiguous (e on rank e*N/E), round-robin (e mod N), greedy (heaviest\n"
+    "first onto the lightest rank), eplb (R copies to the experts with the largest\n"
+    "load per copy, equal shares, greedy packing), ilp (CBC per layer; with\n"
+    "--replicas copies take any shares. Warm start: greedy + local search, or with\n"
+    "--replicas the better of eplb rebalanced and greedy + splits; a layer whose\n"
+    "start is within --gap of the bound needs no solve, one the solver cannot\n"
+    "improve in time keeps its start).\n"
+    "The cost of a plan is the sum over layers of the most loaded rank's load; it\n"
+    "is compared with contiguous (one copy per expert, no replicas).\n"
     "Exit status: 0 ok, 2 bad usage or bad trace, 1 other failures.\n";
 
 typedef struct {
@@ -101,10 +111,11 @@ static void print_result(const options *o, const moe_plan *p, const double *load
     if (o->json) {
         fprintf(f, "{\"out\":");
         moe_json_string(f, o->out);
-        fprintf(f, ",\"method\":\"%s\",\"ep\":%d,\"ranks_per_node\":%d,\"slots_per_rank\":%d,\"layers\":%d,"
-                   "\"experts\":%d,\"objective\":%.17g,\"lower_bound\":%.17g,\"gap\":%.17g,\"solve_s\":%.6f,"
+        fprintf(f, ",\"method\":\"%s\",\"ep\":%d,\"ranks_per_node\":%d,\"slots_per_rank\":%d,\"replicas\":%d,"
+                   "\"layers\":%d,\"experts\":%d,\"objective\":%.17g,\"lower_bound\":%.17g,\"gap\":%.17g,\"solve_s\":%.6f,"
                    "\"contiguous_objective\":%.17g,\"max_mean\":[",
-                p->method, p->ep, p->ranks_per_node, p->slots_per_rank, p->layers, p->experts, p->objective,
+                p->method, p->ep, p->ranks_per_node, p->slots_per_rank, o->place.replicas, p->layers, p->experts,
+                p->objective,
                 p->lower_bound, p->gap, p->solve_s, contiguous);
         for (int l = 0; l < p->layers; l++) {
             double mx, mean;
@@ -115,16 +126,17 @@ static void print_result(const options *o, const moe_plan *p, const double *load
                 s->ilp_limited, s->fallback, s->watchdog_kills);
         return;
     }
-    fprintf(f, "%s: %s plan for %d layers x %d experts on %d ranks (%d slots each) -> %s\n", PROG, p->method,
-            p->layers, p->experts, p->ep, p->slots_per_rank, o->out);
+    fprintf(f, "%s: %s plan for %d layers x %d experts on %d ranks (%d slots each, %d extra copies per layer) -> %s\n",
+            PROG, p->method, p->layers, p->experts, p->ep, p->slots_per_rank, o->place.replicas, o->out);
     fprintf(f, "  objective    %.6g (sum over layers of max rank load)\n", p->objective);
     fprintf(f, "  lower bound  %.6g   gap %.3f%%   solve %.2f s\n", p->lower_bound, 100 * p->gap, p->solve_s);
     if (contiguous > 0)
         fprintf(f, "  contiguous   %.6g   (this plan: %.1f%% lower)\n", contiguous,
                 100 * (1 - p->objective / contiguous));
     if (strcmp(p->method, "ilp") == 0)
-        fprintf(f, "  ilp layers   %d optimal within gap, %d stopped at the limit, %d kept greedy (%d killed)\n",
-                s->ilp_optimal, s->ilp_limited, s->fallback, s->watchdog_kills);
+        fprintf(f, "  ilp layers   %d optimal within gap, %d stopped at the limit, %d kept the start (%s; %d killed)\n",
+                s->ilp_optimal, s->ilp_limited, s->fallback,
+                o->place.replicas ? "eplb or splits" : "greedy + local search", s->watchdog_kills);
     fprintf(f, "  layer  max/mean\n");
     for (int l = 0; l < p->layers; l++) {
         double mx, mean;
@@ -155,14 +167,14 @@ static moe_status run(int argc, char **argv)
     moe_plan p, ref;
     moe_place_stats s = {0};
     MOE_TRY_GOTO(moe_place(load, layers, experts, &o.place, &p, &s), st, out_load);
-    double contiguous = 0;
-    if (o.place.replicas == 0) { /* the baseline every plan is compared to */
-        moe_place_opts c = o.place;
-        c.method = MOE_PLACE_CONTIGUOUS;
-        MOE_TRY_GOTO(moe_place(load, layers, experts, &c, &ref, NULL), st, out_plan);
-        contiguous = ref.objective;
-        moe_plan_free(&ref);
-    }
+    /* The baseline every plan is compared to: contiguous, one copy each. */
+    moe_place_opts c = o.place;
+    c.method = MOE_PLACE_CONTIGUOUS;
+    c.replicas = 0;
+    c.slots_per_rank = 0;
+    MOE_TRY_GOTO(moe_place(load, layers, experts, &c, &ref, NULL), st, out_plan);
+    double contiguous = ref.objective;
+    moe_plan_free(&ref);
     MOE_TRY_GOTO(moe_plan_write(o.out, &p), st, out_plan);
     print_result(&o, &p, load, &s, contiguous);
     if (fflush(stdout) != 0 || ferror(stdout))

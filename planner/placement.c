@@ -1,8 +1,10 @@
 /*
 ** placement: baselines (contiguous, round-robin, greedy LPT, EPLB), bounds and
-** the per-layer driver. The CBC model and its watchdog are in placement_ilp.c.
+** the per-layer driver. The local search that improves warm starts is in
+** placement_search.c, the CBC models and their watchdog in placement_ilp.c.
 */
 #include "planner/placement.h"
+#include "planner/placement_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -69,8 +71,8 @@ static int item_desc(const void *a, const void *b)
 
 /* Lightest rank with a free slot (and, when holds != NULL, not holding expert
 ** e); ties to the lower rank. -1 if none. */
-static int lightest(const double *load, const int *count, int ranks, int slots, const unsigned char *holds, int experts,
-                    int e)
+int moe_place_lightest(const double *load, const int *count, int ranks, int slots, const unsigned char *holds,
+                       int experts, int e)
 {
     int best = -1;
     for (int r = 0; r < ranks; r++) {
@@ -97,7 +99,7 @@ moe_status moe_place_greedy(const double *w, int experts, int ranks, int slots, 
         it[e] = (item){w[e], e};
     qsort(it, (size_t)experts, sizeof *it, item_desc);
     for (int i = 0; i < experts; i++) {
-        int r = lightest(load, count, ranks, slots, NULL, experts, 0);
+        int r = moe_place_lightest(load, count, ranks, slots, NULL, experts, 0);
         rank_of[it[i].id] = r;
         load[r] += it[i].w;
         count[r]++;
@@ -155,9 +157,18 @@ static void repair(int *slot_item, const int *item_expert, const double *item_w,
     }
 }
 
-/* One layer of EPLB into plan layer l: replicate, then pack the copies. */
-static moe_status place_eplb_layer(const double *w, int experts, int ranks, int slots, int extra, moe_plan *p, int l)
+moe_status moe_place_check_room(int experts, int ranks, int slots, int extra)
 {
+    if ((long long)ranks * slots < (long long)experts + extra || extra < 0 ||
+        (long long)extra > (long long)experts * (ranks - 1))
+        return moe_fail(MOE_ERR_USAGE, "%d ranks x %d slots cannot hold %d experts + %d extra copies (each expert "
+                        "at most once per rank)", ranks, slots, experts, extra);
+    return MOE_OK;
+}
+
+moe_status moe_place_eplb(const double *w, int experts, int ranks, int slots, int extra, double *share)
+{
+    MOE_TRY(moe_place_check_room(experts, ranks, slots, extra));
     int n = experts + extra;
     int *cnt = malloc((size_t)experts * sizeof *cnt), *count = calloc((size_t)ranks, sizeof *count);
     int *item_expert = malloc((size_t)n * sizeof(int)), *item_rank = malloc((size_t)n * sizeof(int));
@@ -180,7 +191,7 @@ static moe_status place_eplb_layer(const double *w, int experts, int ranks, int 
     qsort(it, (size_t)n, sizeof *it, item_desc);
     for (int k = 0; k < n; k++) {
         int i = it[k].id, e = item_expert[i];
-        int r = lightest(load, count, ranks, slots, holds, experts, e);
+        int r = moe_place_lightest(load, count, ranks, slots, holds, experts, e);
         if (r < 0) {
             repair(slot_item, item_expert, item_w, count, load, holds, ranks, slots, experts, i, item_rank);
             continue;
@@ -190,22 +201,14 @@ static moe_status place_eplb_layer(const double *w, int experts, int ranks, int 
         holds[(size_t)r * experts + e] = 1;
         load[r] += item_w[i];
     }
-    for (int e = 0; e < experts; e++)
-        p->ncopies[(size_t)l * experts + e] = 0;
-    for (int i = 0; i < n; i++) {
-        int e = item_expert[i];
-        moe_plan_copy *c = moe_plan_copies(p, l, e);
-        int k = p->ncopies[(size_t)l * experts + e]++;
-        c[k] = (moe_plan_copy){item_rank[i], 1.0 / cnt[e]};
-    }
+    memset(share, 0, (size_t)experts * ranks * sizeof *share);
+    for (int i = 0; i < n; i++)
+        share[(size_t)item_expert[i] * ranks + item_rank[i]] = 1.0 / cnt[item_expert[i]];
 done:
     free(cnt), free(count), free(item_expert), free(item_rank), free(slot_item);
     free(item_w), free(load), free(holds), free(it);
     return st;
 }
-
-// ----------------------------------------------------------------------------
-// measures
 
 void moe_plan_layer_load(const moe_plan *p, int layer, const double *w, double *max_load, double *mean_load)
 {
@@ -265,6 +268,33 @@ double moe_place_layer_bound(const double *w, int experts, int ranks, int copies
     return b;
 }
 
+static int double_asc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double moe_place_layer_bound_slots(const double *w, int experts, int ranks, int slots, int copies)
+{
+    double b = moe_place_layer_bound(w, experts, ranks, copies);
+    /* One copy each: every rank holds at least m = E - (ranks - 1) * slots
+    ** experts (the others hold at most slots), so the heaviest expert's rank
+    ** also holds m - 1 others, at least the m - 1 lightest. */
+    long long m = (long long)experts - (long long)(ranks - 1) * slots;
+    if (copies != 0 || m < 2 || slots < 1)
+        return b;
+    double *v = malloc((size_t)experts * sizeof *v);
+    if (!v)
+        return b; /* the weaker bound is still a bound */
+    memcpy(v, w, (size_t)experts * sizeof *v);
+    qsort(v, (size_t)experts, sizeof *v, double_asc);
+    double c = v[experts - 1];
+    for (long long k = 0; k < m - 1; k++)
+        c += v[k];
+    free(v);
+    return fmax(b, c);
+}
+
 // ----------------------------------------------------------------------------
 // driver
 
@@ -283,8 +313,11 @@ static moe_status check_opts(int layers, int experts, const moe_place_opts *o, i
         return moe_fail(MOE_ERR_USAGE, "--ep must be at least 1, got %d", o->ep);
     if (o->ranks_per_node < 0 || o->ranks_per_node > o->ep || (o->ranks_per_node && o->ep % o->ranks_per_node))
         return moe_fail(MOE_ERR_USAGE, "--ranks-per-node %d must divide --ep %d", o->ranks_per_node, o->ep);
-    if (o->replicas < 0 || (o->replicas > 0 && o->method != MOE_PLACE_EPLB))
-        return moe_fail(MOE_ERR_USAGE, "--replicas %d needs --method eplb (and must be >= 0)", o->replicas);
+    if (o->replicas < 0)
+        return moe_fail(MOE_ERR_USAGE, "--replicas must be >= 0, got %d", o->replicas);
+    if (o->replicas > 0 && o->method != MOE_PLACE_EPLB && o->method != MOE_PLACE_ILP)
+        return moe_fail(MOE_ERR_USAGE, "--replicas %d needs --method eplb or ilp (%s places one copy per expert)",
+                        o->replicas, moe_place_method_name(o->method));
     if ((long long)o->replicas > (long long)experts * (o->ep - 1))
         return moe_fail(MOE_ERR_USAGE, "--replicas %d: %d experts on %d ranks allow at most %lld extra copies",
                         o->replicas, experts, o->ep, (long long)experts * (o->ep - 1));
@@ -306,14 +339,63 @@ static void set_single(moe_plan *p, int l, const int *rank_of)
     }
 }
 
+/* share is (experts, ranks), 0 = no copy; copies go in rank order. */
+static void set_shares(moe_plan *p, int l, const double *share)
+{
+    for (int e = 0; e < p->experts; e++) {
+        moe_plan_copy *c = moe_plan_copies(p, l, e);
+        int n = 0;
+        for (int r = 0; r < p->ep; r++)
+            if (share[(size_t)e * p->ep + r] > 0)
+                c[n++] = (moe_plan_copy){r, share[(size_t)e * p->ep + r]};
+        p->ncopies[(size_t)l * p->experts + e] = n;
+    }
+}
+
+static void count_ilp(const moe_ilp_result *res, moe_place_stats *ls)
+{
+    ls->ilp_optimal += res->finished;
+    ls->ilp_limited += !res->finished && !res->killed && res->improved;
+    ls->fallback += !res->finished && !res->improved;
+    ls->watchdog_kills += res->killed;
+}
+
+/* Replicated layers: eplb, or ilp started from the better of eplb and
+** greedy + local search + splits. */
+static moe_status place_replicated(const double *w, int experts, int slots, const moe_place_opts *o, moe_plan *p,
+                                   int l, double *bound, moe_place_stats *ls)
+{
+    size_t n = (size_t)experts * o->ep;
+    double *share = malloc(2 * n * sizeof *share);
+    if (!share)
+        return moe_fail(MOE_ERR_NOMEM, "out of memory placing layer %d", l);
+    moe_status st = o->method == MOE_PLACE_ILP
+                        ? moe_place_replicated_start(w, experts, o->ep, slots, o->replicas, share)
+                        : moe_place_eplb(w, experts, o->ep, slots, o->replicas, share);
+    if (st == MOE_OK && o->method == MOE_PLACE_ILP) {
+        moe_ilp_result res;
+        st = moe_place_ilp_replicated(w, experts, o->ep, slots, o->replicas, share, o->time_limit_s, o->gap,
+                                      share + n, &res);
+        if (st == MOE_OK) {
+            memcpy(share, share + n, n * sizeof *share);
+            *bound = fmax(*bound, res.bound);
+            count_ilp(&res, ls);
+        }
+    }
+    if (st == MOE_OK)
+        set_shares(p, l, share);
+    free(share);
+    return st;
+}
+
 /* One layer; bound gets this layer's lower bound. Thread-safe. */
 static moe_status place_layer(const double *w, int experts, int slots, const moe_place_opts *o, moe_plan *p, int l,
                               double *bound, moe_place_stats *ls)
 {
     int R = o->ep;
-    *bound = moe_place_layer_bound(w, experts, R, o->replicas);
-    if (o->method == MOE_PLACE_EPLB)
-        return place_eplb_layer(w, experts, R, slots, o->replicas, p, l);
+    *bound = moe_place_layer_bound_slots(w, experts, R, slots, o->replicas);
+    if (o->method == MOE_PLACE_EPLB || o->replicas > 0)
+        return place_replicated(w, experts, slots, o, p, l, bound, ls);
     int *rank_of = malloc((size_t)experts * 2 * sizeof(int));
     if (!rank_of)
         return moe_fail(MOE_ERR_NOMEM, "out of memory placing layer %d", l);
@@ -324,16 +406,17 @@ static moe_status place_layer(const double *w, int experts, int slots, const moe
         moe_place_round_robin(experts, R, rank_of);
     else
         st = moe_place_greedy(w, experts, R, slots, rank_of);
+    /* The ILP starts from greedy improved by local search, and keeps it if
+    ** the solver finds nothing better in time. */
+    if (st == MOE_OK && o->method == MOE_PLACE_ILP)
+        st = moe_place_improve(w, experts, R, slots, rank_of);
     if (st == MOE_OK && o->method == MOE_PLACE_ILP) {
         moe_ilp_result res;
         st = moe_place_ilp(w, experts, R, slots, rank_of, o->time_limit_s, o->gap, rank_of + experts, &res);
         if (st == MOE_OK) {
             memcpy(rank_of, rank_of + experts, (size_t)experts * sizeof(int));
             *bound = fmax(*bound, res.bound);
-            ls->ilp_optimal += res.finished;
-            ls->ilp_limited += !res.finished && !res.killed && res.improved;
-            ls->fallback += !res.finished && !res.improved;
-            ls->watchdog_kills += res.killed;
+            count_ilp(&res, ls);
         }
     }
     if (st == MOE_OK)
@@ -348,7 +431,7 @@ moe_status moe_place(const double *load, int layers, int experts, const moe_plac
     int slots;
     memset(out, 0, sizeof *out);
     MOE_TRY(check_opts(layers, experts, o, &slots));
-    int maxc = o->method == MOE_PLACE_EPLB ? (o->replicas < o->ep - 1 ? o->replicas + 1 : o->ep) : 1;
+    int maxc = o->replicas < o->ep - 1 ? o->replicas + 1 : o->ep;
     MOE_TRY(moe_plan_alloc(out, layers, experts, o->ep, maxc));
     out->ranks_per_node = o->ranks_per_node ? o->ranks_per_node : o->ep;
     out->slots_per_rank = slots;

@@ -19,13 +19,18 @@
 **                by one to the expert with the largest w/copies, copies split
 **                the expert's tokens equally, then greedy packing of the copies
 **                (two copies of one expert never share a rank)
-**   ilp          per layer, CBC: binary x[e][r], sum_r x = 1, sum_e x <= S,
-**                sum_e w_e x_er <= M, minimise M; experts in descending-load
-**                order with x[i][r] = 0 for r > i (breaks rank symmetry), warm
-**                started from greedy. Each layer runs in a forked child under a
-**                wall-clock watchdog (CBC overruns its own limit in
-**                preprocessing); if it is killed or finds nothing better than
-**                greedy, the layer keeps the greedy plan (stats->fallback).
+**   ilp          per layer, CBC, one model per layer in a forked child under
+**                a wall-clock watchdog (CBC overruns its own limit in
+**                preprocessing); a layer whose solve is killed or finds nothing
+**                better than the warm start keeps the warm start
+**                (stats->fallback). Without replicas: binary x[e][r],
+**                sum_r x = 1, sum_e x <= S, sum_e w_e x_er <= M, minimise M;
+**                experts in descending-load order with x[i][r] = 0 for r > i
+**                (breaks rank symmetry); warm start greedy improved by local
+**                search (moe_place_improve). With replicas: binary x (copy)
+**                and continuous y (share), see moe_place_ilp_replicated;
+**                warm start moe_place_replicated_start. No solve at all when
+**                the start is already within the gap of the analytic bound.
 **
 ** Ranks per node is recorded but does not change any method. Why: this
 ** runtime dispatches tokens to their experts and combines them back home, so
@@ -37,7 +42,8 @@
 **
 ** The lower bound per layer is max(solver bound, sum(w)/R, max_e w_e/c_e)
 ** with c_e the copies of expert e under the optimal equal-split apportionment
-** (c_e = 1 without replication), rounded up when all loads are integers;
+** (c_e = 1 without replication), rounded up when all loads are integers,
+** and without replication also the slot bound (moe_place_layer_bound_slots);
 ** plan->lower_bound is its sum over layers, plan->gap =
 ** (objective - lower_bound) / objective.
 */
@@ -64,7 +70,7 @@ typedef struct {
     int ep;              /* ranks R */
     int ranks_per_node;  /* 0: ep (one node) */
     int slots_per_rank;  /* 0: ceil((experts + replicas) / ep) */
-    int replicas;        /* extra copies per layer; eplb only */
+    int replicas;        /* extra copies per layer (exactly E + replicas copies); eplb or ilp */
     double time_limit_s; /* ilp: wall-clock seconds per layer (> 0) */
     double gap;          /* ilp: relative optimality gap to stop at (>= 0) */
     int jobs;            /* ilp: layers solved at once; 0: online CPUs */
@@ -74,16 +80,19 @@ typedef struct {
 void moe_place_opts_default(moe_place_opts *o);
 
 typedef struct {
-    int ilp_optimal;    /* layers the solver finished within the gap */
-    int ilp_limited;    /* layers stopped at the time limit with a plan better than greedy */
-    int fallback;       /* layers that kept the greedy plan: nothing better in time */
+    int ilp_optimal;    /* layers within the gap: the solver finished, or the start met the bound */
+    int ilp_limited;    /* layers stopped at the time limit with a plan better than the start */
+    int fallback;       /* layers that kept the start (greedy + local search, or
+                        ** moe_place_replicated_start): nothing better in time */
     int watchdog_kills; /* layers whose solver the watchdog killed */
 } moe_place_stats;
 
 /* load is (layers, experts). *out is allocated here (moe_plan_free) and holds
 ** the placement with objective, lower_bound, gap, solve_s filled in. stats may
 ** be NULL. MOE_ERR_USAGE for impossible options (slots cannot hold the
-** experts, replicas with a method other than eplb, ...). */
+** copies, replicas with a method other than eplb or ilp, more replicas than
+** E * (ep - 1), ...). With replicas every layer holds exactly E + replicas
+** copies; when slots * ep > E + replicas some ranks hold fewer than slots. */
 moe_status moe_place(const double *load, int layers, int experts, const moe_place_opts *o, moe_plan *out,
                      moe_place_stats *stats);
 
@@ -102,11 +111,63 @@ typedef struct {
     int improved;       /* rank_of is the solver's, strictly better than start */
 } moe_ilp_result;
 
+/* Local search on a placement without replication, in place: moves and swaps
+** of one or two experts between two ranks that lower the pair's larger load
+** (single moves and 1-for-1 swaps between any two ranks first, then up to
+** 2-for-2 for the busiest rank), until none is left or the max load meets
+** the analytic bound. Keeps at most `slots` experts per rank; never raises
+** the max rank load. Deterministic. */
+moe_status moe_place_improve(const double *w, int experts, int ranks, int slots, int *rank_of);
+
 /* Solves one layer in a forked child with a wall-clock watchdog. start is a
 ** valid placement (e.g. greedy); rank_of gets the solver's plan if strictly
-** better, else a copy of start. */
+** better, else a copy of start. A start within `gap` of the analytic bound
+** (moe_place_layer_bound_slots) is returned as finished without a solve. */
 moe_status moe_place_ilp(const double *w, int experts, int ranks, int slots, const int *start, double time_limit_s,
                          double gap, int *rank_of, moe_ilp_result *res);
+
+/* --- one layer with replication --------------------------------------- */
+/* A layer's copies as a dense matrix share[e * ranks + r]: > 0 iff expert e
+** has a copy on rank r, that copy's share of e's tokens; every expert's shares
+** sum to 1. */
+
+/* EPLB: `extra` copies to the experts with the largest w / copies, equal
+** shares, copies packed heaviest first onto the lightest rank with a free
+** slot that does not hold the expert yet. Needs ranks * slots >= E + extra
+** and extra <= E * (ranks - 1). */
+moe_status moe_place_eplb(const double *w, int experts, int ranks, int slots, int extra, double *share);
+
+/* Splits instead of apportioning: greedy + local search with at most
+** ceil(E / ranks) experts per rank, then `extra` times a new copy of an
+** expert e held by the busiest rank c on a rank b with a free slot that lacks
+** e, taking share d from c's copy (b: the lowest pair max after it; d evens
+** out c and b, kept within [1e-3, 1 - 1e-3] of c's share), then the local
+** search over copies again, with shifts of share between two copies of one
+** expert (a copy keeps at least 1e-3 of its expert). Same contract as
+** moe_place_eplb. Why: on flat loads eplb's equal shares of a few copies sit
+** far above what one copy per expert reaches. */
+moe_status moe_place_split(const double *w, int experts, int ranks, int slots, int extra, double *share);
+/* The ILP's start with replicas, and its fallback: the better of eplb's
+** copies rebalanced by that local search (moves, swaps, shifts) and
+** moe_place_split (the former on ties). Never worse than moe_place_eplb. */
+moe_status moe_place_replicated_start(const double *w, int experts, int ranks, int slots, int extra, double *share);
+
+/* The ILP with replication, one layer, in a forked child under the same
+** watchdog as moe_place_ilp. Binary x[e][r] (a copy of e on r), continuous
+** y[e][r] (its share): y <= x, sum_r y = 1, sum_e x <= slots per rank,
+** sum of all x = E + extra exactly, sum_e w_e y_er <= M, minimise M. Every
+** copy carries a floor share y >= f_e x with f_e = min(1e-5 * mean rank load
+** / w_e, 1 / ranks^2) (the plan format needs shares > 0); the solver's bound
+** is lowered by slots * 1e-5 * mean rank load to stay a bound of the problem
+** without the floor. Symmetry: ranks ordered by the heaviest expert they
+** hold. Warm start: `start` (moe_place_replicated_start). Once the copies are
+** fixed, a small LP raises the smallest share as far as the max load
+** allows. share gets the solver's plan if strictly better than start, else
+** a copy of start; res as for moe_place_ilp (bound: max of that and the
+** analytic bound with `extra` copies). */
+moe_status moe_place_ilp_replicated(const double *w, int experts, int ranks, int slots, int extra,
+                                    const double *start, double time_limit_s, double gap, double *share,
+                                    moe_ilp_result *res);
 
 /* --- measures ------------------------------------------------------------ */
 /* Max and mean rank load of one layer of p under loads w[experts]. */
@@ -115,6 +176,10 @@ void moe_plan_layer_load(const moe_plan *p, int layer, const double *w, double *
 double moe_plan_cost(const moe_plan *p, const double *load);
 /* The analytic lower bound of one layer (see top) with `copies` extra copies. */
 double moe_place_layer_bound(const double *w, int experts, int ranks, int copies);
+/* Same, and without copies also the slot bound: every rank holds at least
+** m = E - (ranks - 1) * slots experts, so the heaviest expert shares its rank
+** with at least the m - 1 lightest others (m = slots when ranks * slots = E). */
+double moe_place_layer_bound_slots(const double *w, int experts, int ranks, int slots, int copies);
 
 /* --- plan helpers (planner/plan.c) -------------------------------------- */
 /* The copies of expert e in layer l: p->ncopies[l * experts + e] of them. */

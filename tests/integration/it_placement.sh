@@ -1,6 +1,6 @@
 # Trace -> plan -> train: record routing on 2 ranks, plan a placement from it
 # (ILP on CBC), train with the plan, and get the contiguous run's losses; the
-# same with a replicated plan (EPLB, 2 extra copies per layer); a plan made for
+# same with a replicated plan (ILP, 2 extra copies per layer); a plan made for
 # another EP size, or a replicated plan under a capacity factor, is refused
 # before anything starts.
 source "$(dirname "$0")/lib.sh"
@@ -18,10 +18,10 @@ paste <(losses "$D/base/metrics.jsonl") <(losses "$D/planned/metrics.jsonl") | a
   { d = $1 - $2; if (d < 0) d = -d; if (d / $1 > worst) worst = d / $1; n++ }
   END { printf "compared %d steps, worst relative difference %.2e\n", n, worst; exit !(n == 8 && worst <= 1e-5) }' \
   || fail "training with the plan changed the losses"
-"$MOE" plan placement --trace "$D/routing.pb" --ep 2 --method eplb --replicas 2 --out "$D/r.plan" > /dev/null
+"$MOE" plan placement --trace "$D/routing.pb" --ep 2 --method ilp --replicas 2 --out "$D/r.plan" > /dev/null
 "$MOE" train "${COMMON[@]}" --run-dir "$D/replicated" --expert-placement "$D/r.plan" > "$D/r.log" 2>&1 \
   || { cat "$D/r.log"; fail "training with the replicated plan failed"; }
-grep -q "3 copies per rank, 4 extra copies" "$D/r.log" || fail "the replicated plan was not used: $(cat "$D/r.log")"
+grep -q "(ilp plan, 2 MoE layers, 3 copies per rank, 4 extra copies in all)" "$D/r.log" || fail "the replicated plan was not used: $(cat "$D/r.log")"
 paste <(losses "$D/base/metrics.jsonl") <(losses "$D/replicated/metrics.jsonl") | awk '
   { d = $1 - $2; if (d < 0) d = -d; if (d / $1 > worst) worst = d / $1; n++ }
   END { printf "replicated: compared %d steps, worst relative difference %.2e\n", n, worst; exit !(n == 8 && worst <= 1e-5) }' \

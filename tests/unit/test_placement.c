@@ -1,5 +1,7 @@
-/* Expert placement: baselines, ILP optimality (brute force), the watchdog
-** fallback, EPLB replication, plan files and their refusals, and the
+/* Expert placement: baselines, ILP optimality without and with replication
+** (brute force), the watchdog fallback to the warm start, EPLB replication,
+** replicated ILP plans (exactly S copies per rank when S * ep = E + R),
+** refused option combinations, plan files and their refusals, and the
 ** 24 x 64 x 8 Zipf benchmark (load reduction only; times are printed). */
 #include <check.h>
 #include <math.h>
@@ -171,10 +173,19 @@ START_TEST(eplb_replication)
 }
 END_TEST
 
+/* Non-integer loads, so no start can meet the bound exactly and gap 0 forces
+** a solve, which a 1 ms limit kills. */
+static double *fractional_load(int layers, int experts, double skew, uint64_t seed)
+{
+    double *w = make_load(layers, experts, skew, 1e5, seed);
+    for (int i = 0; i < layers * experts; i++)
+        w[i] += 0.25 + 0.5 * (double)(next_u64() % 1000) / 1000;
+    return w;
+}
+
 START_TEST(time_limit_falls_back_to_greedy)
 {
-    double *w = make_load(4, 64, 0, 0, 11);
-    moe_plan g = place(w, 4, 64, MOE_PLACE_GREEDY, 8, 0, NULL);
+    double *w = fractional_load(4, 64, 0, 11);
     moe_place_opts o;
     moe_place_opts_default(&o);
     o.ep = 8, o.time_limit_s = 0.001, o.gap = 0;
@@ -183,10 +194,245 @@ START_TEST(time_limit_falls_back_to_greedy)
     ck_assert_int_eq(moe_place(w, 4, 64, &o, &p, &s), MOE_OK);
     ck_assert_int_eq(s.fallback, 4);
     ck_assert_int_eq(s.ilp_optimal + s.ilp_limited, 0);
-    for (int i = 0; i < 4 * 64; i++)
-        ck_assert_int_eq(p.copies[i].rank, g.copies[i].rank);
-    ck_assert(p.objective == g.objective);
-    moe_plan_free(&p), moe_plan_free(&g);
+    /* the warm start: greedy, then local search */
+    double cost = 0;
+    for (int l = 0; l < 4; l++) {
+        int g[64], before[64];
+        ck_assert_int_eq(moe_place_greedy(w + l * 64, 64, 8, 8, g), MOE_OK);
+        memcpy(before, g, sizeof g);
+        ck_assert_int_eq(moe_place_improve(w + l * 64, 64, 8, 8, g), MOE_OK);
+        double load_g[8] = {0}, load_b[8] = {0}, mg = 0, mb = 0;
+        int count[8] = {0};
+        for (int e = 0; e < 64; e++) {
+            ck_assert_int_eq(moe_plan_copies(&p, l, e)->rank, g[e]);
+            load_g[g[e]] += w[l * 64 + e], load_b[before[e]] += w[l * 64 + e];
+            ck_assert_int_le(++count[g[e]], 8);
+        }
+        for (int r = 0; r < 8; r++)
+            mg = fmax(mg, load_g[r]), mb = fmax(mb, load_b[r]);
+        ck_assert_msg(mg <= mb, "layer %d: local search raised the max load %g -> %g", l, mb, mg);
+        cost += mg;
+    }
+    ck_assert(fabs(p.objective - cost) <= 1e-9 * cost);
+    moe_plan_free(&p);
+
+    /* with replicas the start (never worse than eplb) is kept as it is */
+    moe_plan e = place(w, 4, 64, MOE_PLACE_EPLB, 8, 8, NULL);
+    o.replicas = 8;
+    ck_assert_int_eq(moe_place(w, 4, 64, &o, &p, &s), MOE_OK);
+    ck_assert_int_eq(s.fallback, 4);
+    ck_assert_int_eq(s.ilp_optimal + s.ilp_limited, 0);
+    ck_assert_int_eq(p.slots_per_rank, 9);
+    cost = 0;
+    for (int l = 0; l < 4; l++) {
+        double start[64 * 8];
+        ck_assert_int_eq(moe_place_replicated_start(w + l * 64, 64, 8, 9, 8, start), MOE_OK);
+        for (int ex = 0; ex < 64; ex++) {
+            int n = 0;
+            for (int r = 0; r < 8; r++)
+                if (start[ex * 8 + r] > 0) {
+                    const moe_plan_copy *c = moe_plan_copies(&p, l, ex) + n++;
+                    ck_assert_int_eq(c->rank, r);
+                    ck_assert(c->share == start[ex * 8 + r]);
+                }
+            ck_assert_int_eq(p.ncopies[l * 64 + ex], n);
+        }
+        double mx;
+        moe_plan_layer_load(&p, l, w + l * 64, &mx, NULL);
+        cost += mx;
+    }
+    ck_assert(fabs(p.objective - cost) <= 1e-9 * cost);
+    ck_assert_msg(p.objective <= e.objective, "start %g, eplb %g", p.objective, e.objective);
+    ck_assert(p.lower_bound <= p.objective);
+    moe_plan_free(&p), moe_plan_free(&e);
+    free(w);
+}
+END_TEST
+
+/* The optimum with replication on 4 ranks, by brute force over copy sets.
+** For fixed copies (N(e): the ranks holding e) the best shares reach max load
+** M exactly when every set of ranks Q can absorb the experts confined to it:
+** W(Q) = sum of w_e with N(e) inside Q is at most M |Q| (Gale's supply-demand
+** theorem; equivalently max-flow min-cut on experts -> copies -> ranks with
+** rank capacities M). So the best M for those copies is max_Q W(Q) / |Q|.
+** Ranks are interchangeable, so each copy set is enumerated once as a
+** multiset of 4 rank contents (expert bitmasks of at most S experts), with
+** E + extra copies in all and every expert held somewhere. */
+static double brute_force_replicated(const double *w, int E, int S, int extra)
+{
+    enum { N = 4 };
+    int masks[256], pop[256], nm = 0;
+    for (int m = 0; m < (1 << E); m++)
+        if (__builtin_popcount((unsigned)m) <= S)
+            masks[nm] = m, pop[nm++] = __builtin_popcount((unsigned)m);
+    double best = INFINITY;
+    int want = E + extra, full = (1 << E) - 1;
+    for (int a = 0; a < nm; a++)
+        for (int b = a; b < nm; b++)
+            for (int c = b; c < nm; c++)
+                for (int d = c; d < nm; d++) {
+                    int m[N] = {masks[a], masks[b], masks[c], masks[d]};
+                    if (pop[a] + pop[b] + pop[c] + pop[d] != want || (m[0] | m[1] | m[2] | m[3]) != full)
+                        continue;
+                    double W[1 << N] = {0}, mx = 0;
+                    for (int e = 0; e < E; e++) {
+                        int held = 0;
+                        for (int r = 0; r < N; r++)
+                            held |= ((m[r] >> e) & 1) << r;
+                        for (int q = 1; q < (1 << N); q++)
+                            if ((held & ~q) == 0)
+                                W[q] += w[e];
+                    }
+                    for (int q = 1; q < (1 << N); q++)
+                        mx = fmax(mx, W[q] / __builtin_popcount((unsigned)q));
+                    best = fmin(best, mx);
+                }
+    return best;
+}
+
+/* share (E, N): copies with shares in (0, 1] summing to 1, `copies` in all,
+** at most S per rank and exactly S when S * N = copies. */
+static void check_shares(const double *share, int E, int N, int S, int copies)
+{
+    int total = 0;
+    for (int r = 0; r < N; r++) {
+        int held = 0;
+        for (int e = 0; e < E; e++)
+            held += share[e * N + r] > 0;
+        ck_assert_int_le(held, S);
+        if (S * N == copies)
+            ck_assert_int_eq(held, S);
+        total += held;
+    }
+    ck_assert_int_eq(total, copies);
+    for (int e = 0; e < E; e++) {
+        double sum = 0;
+        for (int r = 0; r < N; r++) {
+            ck_assert(share[e * N + r] >= 0 && share[e * N + r] <= 1);
+            sum += share[e * N + r];
+        }
+        ck_assert_msg(fabs(sum - 1) < 1e-12, "expert %d shares sum to %.17g", e, sum);
+    }
+}
+
+static double share_max_load(const double *w, const double *share, int E, int N)
+{
+    double mx = 0;
+    for (int r = 0; r < N; r++) {
+        double l = 0;
+        for (int e = 0; e < E; e++)
+            l += w[e] * share[e * N + r];
+        mx = fmax(mx, l);
+    }
+    return mx;
+}
+
+START_TEST(ilp_replicated_matches_brute_force)
+{
+    /* Zipf 1.6, Zipf 1.2 and uniform random loads; R = 1..4 extra copies of
+    ** 8 experts on 4 ranks. Uniform loads with R = 1, 2 are left out: CBC
+    ** takes 2-10 s to prove those (the LP bound stays at sum / ranks). */
+    const double skew[] = {1.6, 1.2, 0};
+    for (int seed = 1; seed <= 3; seed++)
+        for (int extra = seed == 3 ? 3 : 1; extra <= 4; extra++) {
+            double *w = make_load(1, 8, skew[seed - 1], 1000, (uint64_t)(seed * 10 + extra));
+            int S = (8 + extra + 3) / 4;
+            double opt = brute_force_replicated(w, 8, S, extra);
+            double start[32], got[32];
+            double eplb[32];
+            ck_assert_int_eq(moe_place_eplb(w, 8, 4, S, extra, eplb), MOE_OK);
+            check_shares(eplb, 8, 4, S, 8 + extra);
+            ck_assert_int_eq(moe_place_replicated_start(w, 8, 4, S, extra, start), MOE_OK);
+            check_shares(start, 8, 4, S, 8 + extra);
+            ck_assert(share_max_load(w, start, 8, 4) <= share_max_load(w, eplb, 8, 4));
+            ck_assert(share_max_load(w, start, 8, 4) >= opt * (1 - 1e-9));
+            /* from eplb, so that the solver itself has to find the optimum */
+            moe_ilp_result res;
+            ck_assert_int_eq(moe_place_ilp_replicated(w, 8, 4, S, extra, eplb, 20, 0, got, &res), MOE_OK);
+            check_shares(got, 8, 4, S, 8 + extra);
+            double obj = share_max_load(w, got, 8, 4);
+            ck_assert(fabs(obj - res.objective) <= 1e-9 * obj);
+            /* the share floor may cost up to S * 1e-5 of the mean rank load */
+            ck_assert_msg(obj <= opt * (1 + 1e-4) && obj >= opt * (1 - 1e-9),
+                          "seed %d R %d: ILP %.9g, optimum %.9g", seed, extra, obj, opt);
+            printf("replicated brute force seed %d R %d: optimum %.6g, eplb %.6g, start %.6g, ilp %.6g (%.2f s)\n",
+                   seed, extra, opt, share_max_load(w, eplb, 8, 4), share_max_load(w, start, 8, 4), obj, res.seconds);
+            ck_assert(res.finished && !res.killed);
+            ck_assert_msg(res.bound <= opt * (1 + 1e-9), "seed %d R %d: bound %.9g above optimum %.9g", seed, extra,
+                          res.bound, opt);
+            ck_assert_msg(res.bound >= opt * (1 - 1e-4), "seed %d R %d: bound %.9g, optimum %.9g", seed, extra,
+                          res.bound, opt);
+            free(w);
+        }
+}
+END_TEST
+
+/* The driver with --method ilp --replicas: valid plans, exactly S copies on
+** every rank when S * ep = E + R, never worse than eplb, an honest gap. */
+START_TEST(ilp_replicated_plans)
+{
+    double *w = make_load(3, 16, 1.4, 1e5, 21);
+    int Rs[] = {4, 6};
+    for (int k = 0; k < 2; k++) {
+        int R = Rs[k];
+        moe_plan e = place(w, 3, 16, MOE_PLACE_EPLB, 4, R, NULL);
+        moe_place_stats s;
+        moe_plan p = place(w, 3, 16, MOE_PLACE_ILP, 4, R, &s);
+        ck_assert_int_eq(moe_plan_check(&p, 3, 16, 4), MOE_OK);
+        ck_assert_str_eq(p.method, "ilp");
+        ck_assert_int_eq(p.slots_per_rank, (16 + R + 3) / 4);
+        for (int l = 0; l < 3; l++) {
+            int held[4] = {0}, total = 0;
+            for (int ex = 0; ex < 16; ex++)
+                for (int c = 0; c < p.ncopies[l * 16 + ex]; c++) {
+                    held[moe_plan_copies(&p, l, ex)[c].rank]++;
+                    total++;
+                    ck_assert(moe_plan_copies(&p, l, ex)[c].share > 0);
+                }
+            ck_assert_int_eq(total, 16 + R);
+            for (int r = 0; r < 4; r++)
+                if (p.slots_per_rank * 4 == 16 + R)
+                    ck_assert_int_eq(held[r], p.slots_per_rank);
+                else
+                    ck_assert_int_le(held[r], p.slots_per_rank);
+        }
+        ck_assert(fabs(p.objective - moe_plan_cost(&p, w)) <= 1e-9 * p.objective);
+        ck_assert_msg(p.objective <= e.objective, "ilp %g, eplb %g", p.objective, e.objective);
+        ck_assert(p.lower_bound <= p.objective && p.lower_bound >= e.lower_bound);
+        ck_assert_int_eq(s.ilp_optimal + s.ilp_limited + s.fallback, 3);
+        moe_plan_free(&e), moe_plan_free(&p);
+    }
+    free(w);
+}
+END_TEST
+
+static void expect_usage(const moe_place_opts *o, const double *w, int layers, int E, const char *needle)
+{
+    moe_plan p;
+    ck_assert_int_eq(moe_place(w, layers, E, o, &p, NULL), MOE_ERR_USAGE);
+    ck_assert_msg(strstr(moe_errmsg(), needle), "message '%s' lacks '%s'", moe_errmsg(), needle);
+    moe_error_clear();
+}
+
+START_TEST(bad_options_refused)
+{
+    double *w = make_load(1, 8, 1.0, 1000, 1);
+    moe_place_opts o;
+    moe_place_opts_default(&o);
+    o.ep = 4;
+    moe_place_method single[] = {MOE_PLACE_GREEDY, MOE_PLACE_CONTIGUOUS, MOE_PLACE_ROUND_ROBIN};
+    for (int k = 0; k < 3; k++) {
+        o.method = single[k], o.replicas = 2;
+        expect_usage(&o, w, 1, 8, "needs --method eplb or ilp");
+    }
+    o.method = MOE_PLACE_ILP, o.replicas = -1;
+    expect_usage(&o, w, 1, 8, "--replicas must be >= 0");
+    o.replicas = 25; /* 8 experts on 4 ranks: at most 8 * 3 extra copies */
+    expect_usage(&o, w, 1, 8, "at most 24 extra copies");
+    o.replicas = 4, o.slots_per_rank = 2; /* 12 copies need 3 slots per rank */
+    expect_usage(&o, w, 1, 8, "--slots-per-rank 2");
+    o.slots_per_rank = 0, o.time_limit_s = 0;
+    expect_usage(&o, w, 1, 8, "--time-limit");
     free(w);
 }
 END_TEST
@@ -322,6 +568,16 @@ START_TEST(zipf_benchmark)
     ck_assert(p.objective <= g.objective);
     ck_assert(p.objective <= 0.8 * c.objective);
     ck_assert(p.lower_bound <= p.objective);
+    /* 8 extra copies per layer (9 slots per rank) */
+    moe_plan e = place(w, 24, 64, MOE_PLACE_EPLB, 8, 8, NULL);
+    moe_plan q = place(w, 24, 64, MOE_PLACE_ILP, 8, 8, &s);
+    printf("zipf 1.2, 24x64 on 8, 8 replicas: eplb %.0f, ilp %.0f (lb %.0f, gap %.4f%%, %.2f s; %d optimal, "
+           "%d limited, %d fallback), ilp vs contiguous -%.1f%%\n",
+           e.objective, q.objective, q.lower_bound, 100 * q.gap, q.solve_s, s.ilp_optimal, s.ilp_limited, s.fallback,
+           100 * (1 - q.objective / c.objective));
+    ck_assert(q.objective <= e.objective && q.objective <= 0.8 * c.objective);
+    ck_assert(q.lower_bound <= q.objective && q.objective < p.objective);
+    moe_plan_free(&e), moe_plan_free(&q);
     moe_plan_free(&c), moe_plan_free(&g), moe_plan_free(&p);
     free(w);
 }
@@ -360,6 +616,25 @@ START_TEST(cli_plan_and_inspect)
     char *eplb[] = {"--trace", trace, "--ep", "4", "--method", "eplb", "--replicas", "4", "--out", plan};
     ck_assert_int_eq(moe_plan_placement_main(10, eplb), 0);
     ck_assert_int_eq(moe_inspect_plan_main(1, insp), 0);
+    char *ilp_rep[] = {"--trace", trace, "--ep", "4", "--method", "ilp", "--replicas", "4", "--out", plan, "--json"};
+    ck_assert_int_eq(moe_plan_placement_main(11, ilp_rep), 0);
+    ck_assert_int_eq(moe_plan_read(plan, &p), MOE_OK);
+    ck_assert_int_eq(p.slots_per_rank, 5);
+    for (int l = 0; l < 3; l++) {
+        int held[4] = {0};
+        for (int e = 0; e < 16; e++)
+            for (int c = 0; c < p.ncopies[l * 16 + e]; c++)
+                held[moe_plan_copies(&p, l, e)[c].rank]++;
+        for (int r = 0; r < 4; r++)
+            ck_assert_int_eq(held[r], 5);
+    }
+    moe_plan_free(&p);
+    char *greedy_rep[] = {"--trace", trace, "--ep", "4", "--method", "greedy", "--replicas", "4", "--out", plan};
+    ck_assert_int_eq(moe_plan_placement_main(10, greedy_rep), 2);
+    char *too_many[] = {"--trace", trace, "--ep", "4", "--method", "ilp", "--replicas", "49", "--out", plan};
+    ck_assert_int_eq(moe_plan_placement_main(10, too_many), 2);
+    char *help[] = {"--help"};
+    ck_assert_int_eq(moe_plan_placement_main(1, help), 0);
 }
 END_TEST
 
@@ -372,11 +647,17 @@ int main(void)
     tcase_add_test(tc, baselines_valid);
     tcase_add_test(tc, eplb_replication);
     tcase_add_test(tc, time_limit_falls_back_to_greedy);
+    tcase_add_test(tc, bad_options_refused);
     tcase_add_test(tc, plan_round_trip);
     tcase_add_test(tc, plan_refusals);
     tcase_add_test(tc, zipf_benchmark);
     tcase_add_test(tc, cli_plan_and_inspect);
     suite_add_tcase(s, tc);
+    TCase *rep = tcase_create("replicated");
+    tcase_set_timeout(rep, 120);
+    tcase_add_test(rep, ilp_replicated_matches_brute_force);
+    tcase_add_test(rep, ilp_replicated_plans);
+    suite_add_tcase(s, rep);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
