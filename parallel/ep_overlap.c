@@ -40,6 +40,9 @@
 #define EP_FINE_TAG 0x4551
 #define EP_BACK_TAG 0x4552
 #define EP_COARSE_TAG 0x4600 /* + 2 * chunk, + 1 for results */
+#ifndef MOE_EP_SEND_WINDOW
+#define MOE_EP_SEND_WINDOW 1 /* fine: row messages in flight per rank */
+#endif
 
 /* ---- fine: per-source tasks ----------------------------------------------- */
 
@@ -77,8 +80,32 @@ typedef struct {
     int *sent;
     atomic_int wnext; /* backward: the next source whose weight gradients run, in source order (P: none) */
     atomic_int wbusy; /* a thread is running weight gradients */
+    int next_send;    /* the next peer, in rotated order, whose rows are not yet posted */
     int serial;       /* one thread: tasks call the driver between their segments */
 } fine_state;
+
+/* Rows go out to one peer after another in rotated order (rank r sends to
+** r+1, r+2, ... while it receives from r-1, r-2, ...), at most
+** MOE_EP_SEND_WINDOW at a time: each link then carries few messages at once,
+** so a rank's sources land one after another, the first after a fraction of
+** the exchange, instead of all together at its end. Posts what the window
+** allows; called again by the driver as sends complete. */
+static moe_status post_sends(const pass *a, fine_state *f)
+{
+    moe_ep_layer *s = a->s;
+    int P = a->map->ep_size, busy = 0;
+    for (int i = 1; i < f->next_send; i++)
+        busy += f->out[source_at(a->map, i)] != NULL;
+    while (f->next_send < P && busy < MOE_EP_SEND_WINDOW) {
+        int p = source_at(a->map, f->next_send++);
+        if (!s->sc[p])
+            continue;
+        maybe_delay(s);
+        MOE_TRY(moe_isend(a->ep, a->src + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_FINE_TAG, &f->out[p]));
+        busy++;
+    }
+    return MOE_OK;
+}
 
 /* Posts the receives of rows and results and the sends of rows. */
 static moe_status fine_post(const pass *a, fine_state *f)
@@ -93,20 +120,14 @@ static moe_status fine_post(const pass *a, fine_state *f)
         if (s->sc[p])
             MOE_TRY(moe_irecv(a->ep, a->out + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_BACK_TAG, &f->back[p]));
     }
-    for (int i = 1; i < P; i++) {
-        int p = source_at(a->map, i);
-        maybe_delay(s);
-        if (s->sc[p])
-            MOE_TRY(moe_isend(a->ep, a->src + s->sd[p], s->sc[p], MOE_DT_F32, p, EP_FINE_TAG, &f->out[p]));
-    }
     memcpy(a->dst + s->rd[me], a->src + s->sd[me], s->sc[me] * sizeof(float));
-    return MOE_OK;
+    return post_sends(a, f);
 }
 
 /* Driver side: marks arrived sources, sends finished ones home, and tests
 ** the sends in flight (Open MPI over TCP moves bytes only inside MPI calls).
-** Returns whether every source has been sent home. MPI calls happen only
-** here. */
+** Returns whether every source has been sent home and every row message
+** posted. MPI calls happen only here. */
 static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
 {
     moe_ep_layer *s = a->s;
@@ -142,7 +163,8 @@ static moe_status fine_progress(const pass *a, fine_state *f, int *finished)
             MOE_TRY(moe_test(&f->ret[p], &ok));
         left += !f->sent[p];
     }
-    *finished = left == 0;
+    MOE_TRY(post_sends(a, f));
+    *finished = left == 0 && f->next_send >= P; /* every row message posted, too */
     return MOE_OK;
 }
 
@@ -323,7 +345,7 @@ static moe_status fine_pass(const pass *a)
     atomic_store(&arrived[a->map->ep_rank], 1); /* local rows need no message */
     int nt = threads_available();
     fine_state f = {.in = in, .back = back, .out = out, .ret = ret, .arrived = arrived, .claimed = claimed,
-                    .done = done, .sent = sent, .serial = nt == 1};
+                    .done = done, .sent = sent, .serial = nt == 1, .next_send = 1};
     atomic_init(&f.wnext, a->backward ? 0 : P);
     atomic_init(&f.wbusy, 0);
     moe_status st = fine_post(a, &f);
