@@ -186,6 +186,8 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0) {
         printf("usage: moe bench gemm [--size N] [--reps R] [--json]\n"
                "       moe bench train [--config F] [--<key> V ...] [--steps S] [--warmup W] [--vs-torch] [--json]\n"
+               "       moe bench planner [--json] [--points LxExN,.. | --layers-list/--experts-list/--ranks-list ..]\n"
+               "                         [--methods M[:R],..] [--hw FILE] ...   (placement methods over a grid)\n"
                "       moe bench planner --gen-trace FILE [--layers L --experts E --topk K --skew S --seed N ...]\n"
                "       moe bench a2a [--nproc N] [--tokens T] [--hidden C] [--topk K] [--experts E] [--iters I] [--json]\n"
                "       moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"
