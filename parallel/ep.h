@@ -117,6 +117,7 @@ typedef struct {
     void *event_ctx;
     int overlap; /* moe_ep_overlap, set by the owner (0: none) */
     int chunks;  /* coarse: chunks of local experts (0: 4; at most E_local) */
+    int fine_chunks; /* fine: messages per source, cut at local-expert boundaries (0: 2; at most E_local) */
     double compute_s; /* seconds of expert GEMMs (all threads) in the last forward or backward */
     int delay_us; /* tests: coarse and fine sleep up to this long (pseudo-random) before
                      each send, so messages land in ever-changing orders */

@@ -64,6 +64,7 @@
 #define USAGE                                                                                                   \
     "usage: moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"    \
     "                       [--experts E] [--topk K] [--skew S] [--iters I] [--warmup W] [--chunks D]\n"         \
+    "                       [--fine-chunks K]\n"                                                                \
     "                       [--trace FILE] [--json]\n"                                                           \
     "One MoE layer's expert part (dispatch, SwiGLU experts, combine; forward + backward) on N ranks:\n"          \
     "comm only (C), compute only (P), and overlap none / coarse / fine, medians of the slowest rank.\n"          \
@@ -75,6 +76,7 @@
     "  --topk K         experts per token (2)         --skew S     Zipf-like routing skew, 0 = uniform (0)\n"     \
     "  --iters I        measured iterations (10)      --warmup W   warm-up iterations (2)\n"                      \
     "  --chunks D       coarse: chunks of local experts (4)\n"                                                   \
+    "  --fine-chunks K  fine: messages per source, cut at local-expert boundaries (0: the rule, 2)\n"          \
     "  --trace FILE     Chrome / Perfetto trace of the median iteration of each, written by rank 0\n"            \
     "  --json           one JSON line instead of the table\n"
 
@@ -92,7 +94,7 @@ static const char *meas_name[NMEAS] = {"comm only (C)", "compute only (P)", "non
 static const char *mode_key[3] = {"none", "coarse", "fine"};
 
 typedef struct {
-    int tokens, hidden, ffn, experts, topk, iters, warmup, chunks, json, check;
+    int tokens, hidden, ffn, experts, topk, iters, warmup, chunks, fine_chunks, json, check;
     double skew;
     const char *trace;
 } layer_args;
@@ -133,6 +135,7 @@ static int parse(int argc, char **argv, layer_args *a)
         else if (strcmp(f, "--iters") == 0) dst = &a->iters;
         else if (strcmp(f, "--warmup") == 0) dst = &a->warmup, lo = 0;
         else if (strcmp(f, "--chunks") == 0) dst = &a->chunks;
+        else if (strcmp(f, "--fine-chunks") == 0) dst = &a->fine_chunks, lo = 0;
         else if (strcmp(f, "--check") == 0) dst = &a->check;
         else if (strcmp(f, "--skew") != 0 && strcmp(f, "--trace") != 0) {
             fprintf(stderr, PROG ": error: unknown argument '%s'\n", f);
@@ -338,6 +341,7 @@ static moe_status bench_init(bench *b, const layer_args *a, moe_comm *world)
 
     /* one dispatch sizes the layer's buffers and tells how many rows arrive */
     b->s.chunks = a->chunks;
+    b->s.fine_chunks = a->fine_chunks;
     MOE_TRY(moe_ep_dispatch(&b->s, world, &b->map, b->x, b->row_token, b->xs, b->offsets, b->C, b->F));
     return moe_alloc((void **)&b->dyr, (b->s.recv_total > 0 ? b->s.recv_total : 1) * C * 4, "received gradients");
 }
@@ -594,9 +598,9 @@ static void report(const samples *sm, const layer_args *a, int P, int threads)
     if (a->json) {
         printf("{\"bench\": \"layer\", \"c_ms\": %.3f, \"p_ms\": %.3f, \"ranks\": %d, \"tokens\": %d, "
                "\"hidden\": %d, \"ffn\": %d, \"experts\": %d, \"topk\": %d, \"skew\": %g, \"threads\": %d, "
-               "\"chunks\": %d, \"iters\": %d, \"modes\": {",
+               "\"chunks\": %d, \"fine_chunks\": %d, \"iters\": %d, \"modes\": {",
                c * 1e3, p * 1e3, P, a->tokens, a->hidden, a->ffn, a->experts, a->topk, a->skew, threads, a->chunks,
-               I);
+               a->fine_chunks, I);
         for (int k = 0; k < 3; k++)
             printf("%s\"%s\": {\"t_ms\": %.3f, \"hidden\": %.3f, \"gemm_slowdown\": %.3f}", k ? ", " : "",
                    mode_key[k], t[k] * 1e3, hidden[k], slow[k]);
@@ -604,8 +608,8 @@ static void report(const samples *sm, const layer_args *a, int P, int threads)
         return;
     }
     printf("layer: %d ranks x %d threads, %d tokens x %d per rank, ffn %d, top-%d of %d experts, skew %g, "
-           "coarse chunks %d; median of %d iterations, slowest rank\n\n",
-           P, threads, a->tokens, a->hidden, a->ffn, a->topk, a->experts, a->skew, a->chunks, I);
+           "coarse chunks %d, fine chunks %d (0: the rule); median of %d iterations, slowest rank\n\n",
+           P, threads, a->tokens, a->hidden, a->ffn, a->topk, a->experts, a->skew, a->chunks, a->fine_chunks, I);
     printf("comm only C = %.2f ms, compute only P = %.2f ms (C + P = %.2f, max(C, P) = %.2f)\n\n", c * 1e3,
            p * 1e3, (c + p) * 1e3, (c > p ? c : p) * 1e3);
     printf("| mode | T (ms) | hidden | GEMM slowdown |\n|---|---|---|---|\n");

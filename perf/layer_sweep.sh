@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The expert layer's overlap modes across shapes and links: `moe bench layer`
-# over a grid (tokens per rank, hidden size, experts, top-k, link rate,
-# uniform and skewed routing) on N emulated hosts, one JSON line per point,
+# over a grid (tokens per rank, hidden size, experts, top-k, ranks, link rate,
+# uniform and skewed routing) on N emulated hosts (2 and 8 for the ranks axis), one JSON line per point,
 # then a table (markdown) and, when gnuplot is there, a PNG of fine's and
 # coarse's speed-up over none per point. Root (the emulated cluster).
 #   perf/layer_sweep.sh [OUT_DIR] [HOSTS] [ITERS]   (defaults: perf-out/layer-<date> 4 5)
@@ -12,10 +12,10 @@ HOSTS=${2:-4}
 ITERS=${3:-5}
 mkdir -p "$OUT"
 : > "$OUT/sweep.jsonl"
-point() { # label, flags...
+point() { # label, flags... (HOSTS_AT=N for another host count)
   local label=$1; shift
   local line
-  line=$(build/bin/moe bench layer --hosts "$HOSTS" --iters "$ITERS" --json "$@" 2>/dev/null | tail -n 1)
+  line=$(build/bin/moe bench layer --hosts "${HOSTS_AT:-$HOSTS}" --iters "$ITERS" --json "$@" 2>/dev/null | tail -n 1)
   [ -n "$line" ] || { echo "layer_sweep: no result for $label ($*)" >&2; return 0; }
   printf '%s\n' "${line%\}}, \"label\": \"$label\"}" >> "$OUT/sweep.jsonl"
   echo "$label done" >&2
@@ -29,6 +29,8 @@ point tokens4096 --link-rate 1gbit --tokens 4096
 point hidden1024 --link-rate 1gbit --hidden 1024 --ffn 896
 point experts16 --link-rate 1gbit --experts 16
 point top4 --link-rate 1gbit --topk 4
+HOSTS_AT=2 point ranks2 --link-rate 1gbit
+HOSTS_AT=8 point ranks8 --link-rate 1gbit --experts 16
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]

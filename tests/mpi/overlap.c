@@ -6,7 +6,8 @@
 ** Routing: uniform, skewed (most pairs to expert 0), and starved (no rank
 ** sends anything to the last rank's experts, and the last rank routes
 ** nothing at all). --delay US adds pseudo-random pauses before sends (the
-** ep.h test hook), so messages land in changing orders.
+** ep.h test hook), so messages land in changing orders. fine runs with its
+** own rule for messages per source, then one, then two.
 **
 ** usage: mpirun -np P mpi_overlap [--experts E] [--delay US] [--threads T]
 */
@@ -105,7 +106,8 @@ typedef struct {
     float *ys, *dxs, *dw13, *dw2;
 } result;
 
-static void run(setup *s, int mode, result *out)
+/* fine_chunks: fine's messages per source (0: the rule). */
+static void run(setup *s, int mode, int fine_chunks, result *out)
 {
     size_t NK = (size_t)N * K, w13n = (size_t)s->El * 2 * F * C, w2n = (size_t)s->El * C * F;
     out->ys = calloc(NK * C, sizeof(float));
@@ -117,6 +119,7 @@ static void run(setup *s, int mode, result *out)
     memset(&l, 0, sizeof l);
     l.overlap = mode;
     l.chunks = 2;
+    l.fine_chunks = fine_chunks;
     l.delay_us = g_delay;
     l.delay_state = (unsigned)(R * 31 + mode);
     OK_ALL(moe_ep_forward(&l, W, &s->map, s->x, s->row_token, s->xs, s->offsets, s->rows, C, F, s->w13, s->w2,
@@ -147,7 +150,7 @@ static void modes_agree(int kind, const char *name)
     setup s;
     make(&s, kind);
     result base, r;
-    run(&s, MOE_EP_NONE, &base);
+    run(&s, MOE_EP_NONE, 0, &base);
     /* the test would pass vacuously if nothing moved */
     double mag = 0;
     for (size_t i = 0; i < (size_t)s.rows * C; i++)
@@ -155,10 +158,10 @@ static void modes_agree(int kind, const char *name)
     CHECK_ALL(s.rows == 0 || mag > 0, "%s: all-zero outputs", name);
     static const char *mode_name[] = {"none", "coarse", "fine"};
     for (int mode = MOE_EP_COARSE; mode <= MOE_EP_FINE; mode++) {
-        for (int rep = 0; rep < 3; rep++) { /* arrival orders change between runs */
+        for (int rep = 0; rep < 3; rep++) { /* arrival orders change between runs; fine: 0 (rule), 1, 2 chunks */
             char what[96];
             snprintf(what, sizeof what, "%s routing, %s (run %d)", name, mode_name[mode], rep);
-            run(&s, mode, &r);
+            run(&s, mode, rep, &r);
             same(&base, &r, &s, what);
             free_result(&r);
         }
