@@ -33,7 +33,7 @@ static const char *USAGE =
     "  --link-efficiency F    fraction of link bandwidth reached      default: the profile's\n"
     "  --ep-hidden F          fraction of min(EP comm, expert compute) hidden\n"
     "                         default: moe-overlap none 0, coarse 1-1/min(4,E/EP), fine 1-1/EP\n"
-    "  --dp-hidden F          fraction of the last backward the grad sync hides behind  default 1\n"
+    "  --dp-hidden F          fraction of the last backward the grad sync hides behind  default bf16 1, fp32 0\n"
     "  --tp-hidden F          fraction of TP comm hidden                             default 0\n"
     "  --imbalance F          max/mean expert load (1 = uniform routing)             default 1\n"
     "  --mem-usable F         fraction of device memory a run may use              default 0.9\n"
@@ -202,7 +202,7 @@ static void print_assumptions(FILE *f, const moe_cost_opts *o, const moe_cost_re
     fprintf(f,
             "    EP comm hidden %.2f x min(comm, experts) (moe-overlap %s), DP sync hidden behind %.2f of the "
             "last\n",
-            r->ep_hidden, c->moe_overlap == 2 ? "fine" : c->moe_overlap == 1 ? "coarse" : "none", o->dp_hidden);
+            r->ep_hidden, c->moe_overlap == 2 ? "fine" : c->moe_overlap == 1 ? "coarse" : "none", r->dp_hidden);
     fprintf(f, "    backward, TP comm %.0f%% hidden, distributed optimizer %s, parameter all-gather %s, vpp %d,\n",
             100 * o->tp_hidden, c->use_distributed_optimizer ? "on" : "off",
             o->param_gather_overlap ? "overlapped" : "exposed", o->vpp);
@@ -239,6 +239,9 @@ static void print_detail(FILE *f, const moe_cost_layout *e)
     fprintf(f, "    step %.3f ms = compute %.3f + bubble %.3f (%.1f%%) + exposed comm + optimizer %.3f\n",
             1e3 * r->step_s, 1e3 * r->compute_s, 1e3 * r->bubble_s, 100 * r->bubble_fraction,
             1e3 * r->optimizer_s);
+    fprintf(f, "    compute %.3f ms = GEMMs %.3f + element-wise passes %.3f; of it %.0f kernel calls x overhead = %.3f\n",
+            1e3 * r->compute_s, 1e3 * (r->compute_s - r->elementwise_s), 1e3 * r->elementwise_s, r->kernel_calls,
+            1e3 * r->overhead_s);
     fprintf(f, "    comm     exposed_ms  hidden_ms   MB_sent  link\n");
     for (int d = 0; d < MOE_COMM_N; d++)
         fprintf(f, "    %-5s %12.3f %10.3f %9.1f  %s\n", DIM[d], 1e3 * r->comm[d].exposed_s,
@@ -329,6 +332,8 @@ static void json_layout(FILE *f, const moe_cost_layout *e)
     fprintf(f, "\"compute_ms\":%.6g,\"bubble_ms\":%.6g,\"bubble_fraction\":%.6g,\"optimizer_ms\":%.6g,",
             1e3 * r->compute_s, 1e3 * r->bubble_s, r->bubble_fraction, 1e3 * r->optimizer_s);
     fprintf(f, "\"fwd_microbatch_ms\":%.6g,\"bwd_microbatch_ms\":%.6g,", 1e3 * r->fwd_mb_s, 1e3 * r->bwd_mb_s);
+    fprintf(f, "\"elementwise_ms\":%.6g,\"kernel_calls\":%.6g,\"overhead_ms\":%.6g,", 1e3 * r->elementwise_s,
+            r->kernel_calls, 1e3 * r->overhead_s);
     const char *what[] = {"comm_exposed_ms", "comm_hidden_ms", "comm_mb"};
     for (int w = 0; w < 3; w++) {
         fprintf(f, "\"%s\":{", what[w]);

@@ -1,29 +1,37 @@
 /*
-** moe bench calibrate [--out FILE] [--base PROFILE] [--json]: measures this
-** machine for the cost model and writes a hardware profile (planner/
-** hwprofile.h's format) whose measured numbers say "measured by moe bench
-** calibrate on <date>":
+** moe bench calibrate [--out FILE] [--base PROFILE] [--threads N] [--json]:
+** measures this machine for the cost model and writes a hardware profile
+** (planner/hwprofile.h's format) whose measured numbers say "measured by moe
+** bench calibrate on <date>". One rank's rates with N threads (default: all
+** cores; `threads` in the profile says which):
 **
-**   - sgemm GFLOP/s (through layers/gemm, the trainer's BLAS and threads, all
-**     cores) at square sizes 64..2048 and the skinny shapes training runs:
-**     M = tokens of a micro-batch or per-expert rows, K/N = the hidden and FFN
-**     sizes of configs/tiny.yaml and configs/small.yaml. gemm_tflops is the
-**     best rate; gemm_efficiency_table the efficiency against it by GEMM
-**     FLOPs, scaled by one global factor (below);
-**   - memory bandwidth: triad a = b + 3c over 3 x 128 MiB doubles, best of 5;
-**   - MPI ping-pong between 2 local ranks: min half round trip of 8 bytes and
-**     the one-way rate of 16 MiB. It runs as `mpirun -np 2 moe-bench
-**     calibrate --pingpong` started from here, so the GEMM and triad timings
-**     run alone on the machine.
+**   - sgemm (through layers/gemm, the trainer's BLAS) at squares 16..2048, the
+**     forward shapes of configs/tiny.yaml and configs/small.yaml, one
+**     attention block of one head and one expert segment: the median call over
+**     at least 7 and 0.2 s, each on operands out of cache (the calls walk 512
+**     MiB arrays, as a training step's kernels touch other data in between).
+**     gemm_tflops is the best rate; gemm_efficiency_table each size's rate less
+**     kernel_overhead_us (which the model adds per call) over it, calls under
+**     twice the overhead left out; gemm_efficiency the FLOP-weighted
+**     efficiency of small's shapes. No factor: element-wise work is costed by
+**     the model apart;
+**   - kernel_overhead_us: the median call of the runtime's kernels on the least
+**     input, averaged over seven kernels;
+**   - elementwise_gbs: the runtime's element-wise kernels on one layer of
+**     tiny's and small's micro-batch, bytes as the model counts them over the
+**     median times less the overhead; softmax_gelems: the cross-entropy
+**     forward's elements over its median time less the overhead;
+**   - memory bandwidth: triad a = b + 3c over 3 x 128 MiB doubles, median of 5;
+**   - MPI, started from here so the timings above run alone: `mpirun -np 2`
+**     of itself (--pingpong: ping-pong latency and rate, a 4-byte
+**     MPI_Alltoall, which is intra_node_latency_us, and MPI_Allreduce), then
+**     2 x cores ranks oversubscribed as moe train starts them (--pingpong-over:
+**     pairs ping-pong with 50 us of work between, oversubscribed_latency_us);
+**   - cores: the online processors.
 **
-** The model's efficiency is MFU-like (element-wise work is inside it), so the
-** table is sgemm efficiency x s with one s for every size: s = the base
-** profile's gemm_efficiency (derived from configs/small.yaml's measured MFU)
-** / the FLOP-weighted sgemm efficiency of small.yaml's shapes, which keeps
-** small's calibration and lets the size dependence come from measurement.
 ** Keys not measured here (memory size, ranks per node, shared, the link
-** rates and the inter-node latency) are copied from --base with their
-** sources (default configs/hw/this-machine.yaml).
+** rates, the inter-node latency, link efficiency) are copied from --base with
+** their sources (default configs/hw/this-machine.yaml).
 */
 #include <mpi.h>
 #include <omp.h>
@@ -33,7 +41,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "layers/crossentropy.h"
+#include "layers/experts.h"
 #include "layers/gemm.h"
+#include "layers/rmsnorm.h"
+#include "layers/rope.h"
+#include "layers/swiglu.h"
 #include "perf/bench.h"
 #include "planner/hwprofile.h"
 #include "runtime/base/mem.h"
@@ -49,29 +62,50 @@ typedef struct {
 ** tokens per micro-batch (128 at micro-batch 2); small: hidden 512, experts 8
 ** x 1024 (top-2), 8 heads of 64, 1024 tokens. Forward shapes, x W^T. */
 static const shape SHAPES[] = {
+    {16, 16, 16, "square", 0}, {32, 32, 32, "square", 0},
     {64, 64, 64, "square", 0}, {128, 128, 128, "square", 0}, {256, 256, 256, "square", 0},
     {512, 512, 512, "square", 0}, {1024, 1024, 1024, "square", 0}, {2048, 2048, 2048, "square", 0},
     {128, 64, 128, "tiny qkv, 128 tokens", 0}, {64, 64, 256, "tiny expert w13, 64 rows", 0},
     {512, 64, 128, "tiny qkv", 0}, {512, 64, 64, "tiny out proj", 0}, {256, 64, 256, "tiny expert w13", 0},
     {256, 128, 64, "tiny expert w2", 0}, {512, 64, 256, "tiny lm head", 0},
+    {64, 16, 64, "tiny attention scores, one head", 0}, {64, 64, 16, "tiny attention values, one head", 0},
+    {32, 64, 256, "tiny expert w13, one segment", 0}, {32, 128, 64, "tiny expert w2, one segment", 0},
+    {64, 64, 256, "small attention scores, one head, last block", 0},
+    {64, 256, 64, "small attention values, one head, last block", 0},
     {1024, 512, 1536, "small qkv", 1}, {1024, 512, 512, "small out proj", 1},
     {256, 512, 2048, "small expert w13", 1}, {256, 1024, 512, "small expert w2", 1},
     {1024, 512, 256, "small lm head", 1},
 };
 #define NSHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
 
-/* Best GFLOP/s of C = A B^T at (M, K, N) over at least 5 runs and 0.2 s. */
-static double time_gemm(const shape *s, float *a, float *b, float *c)
+static int cmp_double(const void *a, const void *b)
 {
-    moe_gemm(0, 1, s->M, s->N, s->K, 1.0f, a, s->K, b, s->K, 0.0f, c, s->N);
-    double best = 1e30, start = moe_now();
-    for (int r = 0; r < 5 || moe_now() - start < 0.2; r++) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median seconds of C = A B^T at (M, K, N) over at least 7 runs and 0.2 s
+** (the model predicts median steps, and calls vary on a shared machine).
+** Each call takes the next A, B and C along arrays of `cap` floats, so no
+** call finds its operands in the caches the previous ones filled, as in a
+** training step, where the kernels in between touch other data. */
+static double time_gemm(const shape *s, float *a, float *b, float *c, size_t cap)
+{
+    static double t[4096];
+    size_t na = (size_t)s->M * s->K, nb = (size_t)s->K * s->N, nc = (size_t)s->M * s->N;
+    size_t ia = 0, ib = 0, ic = 0;
+    int n = 0;
+    double start = moe_now();
+    for (int r = -1; (r < 7 || moe_now() - start < 0.2) && n < 4096; r++) { /* r = -1: warm-up */
+        ia = ia + 2 * na <= cap ? ia + na : 0, ib = ib + 2 * nb <= cap ? ib + nb : 0, ic = ic + 2 * nc <= cap ? ic + nc : 0;
         double t0 = moe_now();
-        moe_gemm(0, 1, s->M, s->N, s->K, 1.0f, a, s->K, b, s->K, 0.0f, c, s->N);
+        moe_gemm(0, 1, s->M, s->N, s->K, 1.0f, a + ia, s->K, b + ib, s->K, 0.0f, c + ic, s->N);
         double dt = moe_now() - t0;
-        best = dt < best ? dt : best;
+        if (r >= 0)
+            t[n++] = dt;
     }
-    return 2.0 * s->M * s->K * (double)s->N / best / 1e9;
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return t[n / 2];
 }
 
 static double triad_gbs(void)
@@ -87,20 +121,189 @@ static double triad_gbs(void)
 #pragma omp parallel for
     for (size_t i = 0; i < n; i++)
         a[i] = 0, b[i] = 1, c[i] = 2;
-    double best = 1e30;
+    double ts[5];
     for (int r = 0; r < 5; r++) {
         double t = moe_now();
 #pragma omp parallel for
         for (size_t i = 0; i < n; i++)
             a[i] = b[i] + 3.0 * c[i];
-        t = moe_now() - t;
-        best = t < best ? t : best;
+        ts[r] = moe_now() - t;
     }
+    qsort(ts, 5, sizeof *ts, cmp_double);
+    double best = ts[2];
     int ok = a[7] == 7.0;
     moe_free(a);
     moe_free(b);
     moe_free(c);
     return ok ? 24.0 * n / best / 1e9 : -1;
+}
+
+// ----------------------------------------------------------------------------
+// kernel calls and element-wise passes
+
+#define NSAMPLE 2001
+
+
+/* The buffers the element-wise kernels run on, big enough for small.yaml's
+** micro-batch (2048 routed rows x 2 x 1024 columns). */
+typedef struct {
+    float *a, *b, *c, *d, *w, *cos_t, *sin_t, *rstd;
+    int32_t *idx;
+    size_t cap;
+} ew_bufs;
+
+typedef enum { K_GEMM, K_NORM_F, K_NORM_B, K_ROPE_F, K_ROPE_B, K_SWIGLU_F, K_SWIGLU_B, K_PERM_F, K_UNPERM_F,
+               K_UNPERM_B, K_PERM_B, K_ADD, K_ZERO, K_CE_F, K_CE_B } kern_kind;
+
+/* One call of kernel k on shape n (tokens), C (hidden), R (routed rows), F
+** (expert width), V (vocabulary), with attention heads nh + 2 nkv of hd. */
+typedef struct {
+    kern_kind k;
+    int n, C, R, F, V, B, T, nh, nkv, hd;
+} kern_call;
+
+static void residual_add(float *out, const float *x, const float *y, size_t n)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++)
+        out[i] = x[i] + y[i];
+}
+
+static void run_kernel(const kern_call *q, ew_bufs *e)
+{
+    size_t nc = (size_t)q->n * q->C;
+    switch (q->k) {
+    case K_GEMM: moe_gemm(0, 1, 1, 1, 1, 1.0f, e->a, 1, e->b, 1, 0.0f, e->c, 1); break;
+    case K_NORM_F: moe_rmsnorm_forward(e->c, e->rstd, e->a, e->w, q->n, q->C, 1e-5f); break;
+    case K_NORM_B: moe_rmsnorm_backward(e->c, e->d, e->b, e->a, e->w, e->rstd, q->n, q->C); break;
+    case K_ROPE_F: moe_rope_forward(e->c, e->a, e->cos_t, e->sin_t, q->B, q->T, q->nh, q->nkv, q->hd); break;
+    case K_ROPE_B: moe_rope_backward(e->c, e->a, e->cos_t, e->sin_t, q->B, q->T, q->nh, q->nkv, q->hd); break;
+    case K_SWIGLU_F: moe_swiglu_forward(e->c, e->a, q->R, q->F); break;
+    case K_SWIGLU_B: moe_swiglu_backward(e->c, e->b, e->a, q->R, q->F); break;
+    case K_PERM_F: moe_permute_forward(e->c, e->a, e->idx, q->R, q->C); break;
+    case K_UNPERM_F: moe_unpermute_forward(e->c, e->a, e->w, e->idx, q->n, q->R / q->n, q->C); break;
+    case K_UNPERM_B: moe_unpermute_backward(e->c, e->d, e->b, e->a, e->w, e->idx, q->n, q->R / q->n, q->C, q->R); break;
+    case K_PERM_B: moe_permute_backward(e->c, e->a, e->idx, q->n, q->R / q->n, q->C); break;
+    case K_ADD: residual_add(e->c, e->a, e->b, nc); break;
+    case K_ZERO: memset(e->c, 0, nc * sizeof(float)); break;
+    case K_CE_F: moe_crossentropy_forward(e->d, e->c, e->a, e->idx, q->n, q->V); break;
+    case K_CE_B: moe_crossentropy_backward(e->c, e->b, e->idx, q->n, q->V, 1e-3f); break;
+    }
+}
+
+/* Bytes a call moves, as the cost model counts them (costmodel.c). */
+static double kernel_bytes(const kern_call *q)
+{
+    double nc = (double)q->n * q->C, qkv = (double)q->n * (q->nh + 2 * q->nkv) * q->hd, rc = (double)q->R * q->C;
+    double rf = (double)q->R * q->F, nv = (double)q->n * q->V;
+    double elems[] = {[K_GEMM] = 0, [K_NORM_F] = 2 * nc, [K_NORM_B] = 5 * nc, [K_ROPE_F] = 2 * qkv,
+                      [K_ROPE_B] = 3 * qkv, [K_SWIGLU_F] = 3 * rf, [K_SWIGLU_B] = 7 * rf, [K_PERM_F] = 2 * rc,
+                      [K_UNPERM_F] = rc + nc, [K_UNPERM_B] = 3 * rc + nc, [K_PERM_B] = rc + 2 * nc,
+                      [K_ADD] = 3 * nc, [K_ZERO] = nc, [K_CE_F] = 2 * nv, [K_CE_B] = 3 * nv};
+    return elems[q->k] * 4;
+}
+
+/* Median seconds of one call over NSAMPLE calls (after one warm-up). */
+static double median_call(const kern_call *q, ew_bufs *e)
+{
+    static double t[NSAMPLE];
+    run_kernel(q, e);
+    for (int r = 0; r < NSAMPLE; r++) {
+        double t0 = moe_now();
+        run_kernel(q, e);
+        t[r] = moe_now() - t0;
+    }
+    qsort(t, NSAMPLE, sizeof *t, cmp_double);
+    return t[NSAMPLE / 2];
+}
+
+static moe_status ew_alloc(ew_bufs *e)
+{
+    memset(e, 0, sizeof *e);
+    e->cap = (size_t)2048 * 2 * 1024;
+    float **f[] = {&e->a, &e->b, &e->c, &e->d, &e->w, &e->cos_t, &e->sin_t, &e->rstd};
+    for (int i = 0; i < 8; i++)
+        MOE_TRY(moe_alloc((void **)f[i], e->cap * sizeof(float), "calibrate element-wise buffers"));
+    MOE_TRY(moe_alloc((void **)&e->idx, e->cap * sizeof(int32_t), "calibrate indices"));
+    for (size_t i = 0; i < e->cap; i++) {
+        e->a[i] = (float)((i * 7) % 13) * 0.01f - 0.06f, e->b[i] = (float)((i * 5) % 11) * 0.01f;
+        e->w[i] = 0.5f, e->rstd[i] = 1.0f, e->cos_t[i] = 0.8f, e->sin_t[i] = 0.6f;
+        e->idx[i] = (int32_t)((i * 37) % 256); /* targets and row indices: < 256 and < every row count here */
+    }
+    return MOE_OK;
+}
+
+static void ew_free(ew_bufs *e)
+{
+    void *p[] = {e->a, e->b, e->c, e->d, e->w, e->cos_t, e->sin_t, e->rstd, e->idx};
+    for (int i = 0; i < 9; i++)
+        moe_free(p[i]);
+}
+
+/* The fixed cost of one kernel call: the median call of the runtime's
+** kernels on the least input (a 1 x 1 x 1 GEMM, one row of RMSNorm,
+** SwiGLU, permute and unpermute, a 64-element residual add, a 256-byte
+** memset), averaged over the seven. */
+static double kernel_overhead_s(ew_bufs *e)
+{
+    kern_call one[] = {{K_GEMM, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1}, {K_NORM_F, 1, 64, 1, 1, 1, 1, 1, 1, 0, 1},
+                       {K_SWIGLU_F, 1, 64, 1, 64, 1, 1, 1, 1, 0, 1}, {K_PERM_F, 1, 64, 1, 1, 1, 1, 1, 1, 0, 1},
+                       {K_UNPERM_F, 1, 64, 1, 1, 1, 1, 1, 1, 0, 1}, {K_ADD, 1, 64, 1, 1, 1, 1, 1, 1, 0, 1},
+                       {K_ZERO, 1, 64, 1, 1, 1, 1, 1, 1, 0, 1}};
+    double sum = 0;
+    for (int i = 0; i < 7; i++)
+        sum += median_call(&one[i], e);
+    return sum / 7;
+}
+
+/* One layer's element-wise passes (forward and backward) and the loss
+** backward of one micro-batch of a config, each kernel as often as the model
+** counts it per layer (RMSNorm and residual add twice). Fills the bytes and
+** seconds (their kernel overheads taken off). */
+static const char *const KNAME[] = {"gemm", "rmsnorm_fwd", "rmsnorm_bwd", "rope_fwd", "rope_bwd", "swiglu_fwd",
+                                    "swiglu_bwd", "permute_fwd", "unpermute_fwd", "unpermute_bwd", "permute_bwd",
+                                    "residual_add", "memset", "crossentropy_fwd", "crossentropy_bwd"};
+/* Each kernel's median call, for --json. */
+typedef struct {
+    kern_kind k;
+    int tokens;
+    double bytes, us;
+} ew_record;
+static ew_record ew_recs[64];
+static int ew_nrec;
+
+static void ew_workload(const kern_call *base, ew_bufs *e, double kern_s, double *bytes, double *secs)
+{
+    static const struct {
+        kern_kind k;
+        int times;
+    } mix[] = {{K_NORM_F, 2}, {K_NORM_B, 2}, {K_ROPE_F, 1}, {K_ROPE_B, 1}, {K_SWIGLU_F, 1},
+               {K_SWIGLU_B, 1}, {K_PERM_F, 1},  {K_UNPERM_F, 1}, {K_UNPERM_B, 1}, {K_PERM_B, 1},
+               {K_ADD, 2},      {K_ZERO, 4},    {K_CE_B, 1}};
+    *bytes = *secs = 0;
+    for (size_t i = 0; i < sizeof mix / sizeof *mix; i++) {
+        kern_call q = *base;
+        q.k = mix[i].k;
+        double t = median_call(&q, e) - kern_s;
+        if (ew_nrec < 64)
+            ew_recs[ew_nrec++] = (ew_record){q.k, q.n, kernel_bytes(&q), (t + kern_s) * 1e6};
+        *bytes += mix[i].times * kernel_bytes(&q);
+        *secs += mix[i].times * (t > 0 ? t : 0);
+    }
+}
+
+/* The cross-entropy forward of a micro-batch (the runtime's softmax over
+** the vocabulary: max, exp, sum, normalise): its elements and seconds less
+** the kernel overhead. */
+static void softmax_workload(const kern_call *base, ew_bufs *e, double kern_s, double *elems, double *secs)
+{
+    kern_call q = *base;
+    q.k = K_CE_F;
+    double t = median_call(&q, e);
+    if (ew_nrec < 64)
+        ew_recs[ew_nrec++] = (ew_record){q.k, q.n, kernel_bytes(&q), t * 1e6};
+    *elems = (double)q.n * q.V;
+    *secs = t - kern_s > 0 ? t - kern_s : 0;
 }
 
 /* The --pingpong mode, one of 2 ranks: prints "pingpong LAT_US GBS" on rank 0. */
@@ -145,30 +348,109 @@ static int pingpong(void)
         t = MPI_Wtime() - t;
         bw = big / t > bw ? big / t : bw;
     }
+    /* a collective of 4 bytes per rank: MPI_Alltoall (one message to the
+    ** peer) and MPI_Allreduce, medians of 1001 after a barrier each */
+    static double ta[1001], tr[1001];
+    int32_t one = r, snd[2] = {r, r}, got[2];
+    for (int i = 0; i < 1001; i++) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t = MPI_Wtime();
+        MPI_Alltoall(snd, 1, MPI_INT32_T, got, 1, MPI_INT32_T, MPI_COMM_WORLD);
+        ta[i] = MPI_Wtime() - t;
+        MPI_Barrier(MPI_COMM_WORLD);
+        t = MPI_Wtime();
+        MPI_Allreduce(&one, got, 1, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+        tr[i] = MPI_Wtime() - t;
+    }
+    qsort(ta, 1001, sizeof *ta, cmp_double);
+    qsort(tr, 1001, sizeof *tr, cmp_double);
     if (r == 0)
-        printf("pingpong %.3f %.3f\n", lat * 1e6, bw / 1e9);
+        printf("pingpong %.3f %.3f %.3f %.3f\n", lat * 1e6, bw / 1e9, ta[500] * 1e6, tr[500] * 1e6);
     free(buf);
     MPI_Finalize();
     return 0;
 }
 
-/* Starts `mpirun -np 2 <this program> calibrate --pingpong`; 0 on success. */
-static int run_pingpong(double *lat_us, double *gbs)
+/* The --pingpong-over mode, under more ranks than cores: rank pairs (0 1),
+** (2 3)... ping-pong 8 bytes with about 50 us of work between messages (a
+** kernel's worth), as training ranks time-sharing the cores do; prints
+** "oversub MEDIAN_HALF_ROUND_TRIP_US" on rank 0. */
+static int pingpong_over(void)
 {
-    char self[1024], cmd[1400];
+    MPI_Init(NULL, NULL);
+    int r, w;
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    MPI_Comm_size(MPI_COMM_WORLD, &w);
+    if (w % 2) {
+        fprintf(stderr, "moe bench calibrate: --pingpong-over needs an even number of ranks\n");
+        MPI_Finalize();
+        return 2;
+    }
+    static double t[1001];
+    char buf[8] = {0};
+    volatile double acc = 0;
+    int peer = r ^ 1;
+    for (int i = 0; i < 1001; i++) {
+        double w0 = MPI_Wtime();
+        while (MPI_Wtime() - w0 < 50e-6)
+            acc += 1e-9;
+        double t0 = MPI_Wtime();
+        if (r % 2 == 0) {
+            MPI_Send(buf, 8, MPI_CHAR, peer, 0, MPI_COMM_WORLD);
+            MPI_Recv(buf, 8, MPI_CHAR, peer, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else {
+            MPI_Recv(buf, 8, MPI_CHAR, peer, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            MPI_Send(buf, 8, MPI_CHAR, peer, 0, MPI_COMM_WORLD);
+        }
+        t[i] = (MPI_Wtime() - t0) / 2;
+    }
+    qsort(t, 1001, sizeof *t, cmp_double);
+    if (r == 0)
+        printf("oversub %.3f\n", t[500] * 1e6);
+    MPI_Finalize();
+    return 0;
+}
+
+/* popen of `mpirun <mpirun_args> [--allow-run-as-root] <this program> calibrate <mode>`. */
+static FILE *start_self(const char *mpirun_args, const char *mode)
+{
+    char self[1024], cmd[1500];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0)
-        return -1;
+        return NULL;
     self[n] = 0;
-    snprintf(cmd, sizeof cmd, "mpirun -np 2 --oversubscribe --bind-to none %s %s calibrate --pingpong",
-             geteuid() == 0 ? "--allow-run-as-root" : "", self);
-    FILE *p = popen(cmd, "r");
+    snprintf(cmd, sizeof cmd, "mpirun %s %s %s calibrate %s", mpirun_args,
+             geteuid() == 0 ? "--allow-run-as-root" : "", self, mode);
+    return popen(cmd, "r");
+}
+
+/* Starts `mpirun -np 2 * cores --oversubscribe` (the launcher's flags for
+** more ranks than cores) of --pingpong-over; 0 on success. */
+static int run_pingpong_over(int cores, double *us)
+{
+    char args[160];
+    snprintf(args, sizeof args,
+             "-np %d --oversubscribe --mca mpi_yield_when_idle 1 --bind-to none -x OMP_NUM_THREADS=1", 2 * cores);
+    FILE *p = start_self(args, "--pingpong-over");
     if (!p)
         return -1;
     char line[256];
     int found = 0;
     while (fgets(line, sizeof line, p))
-        found |= sscanf(line, "pingpong %lf %lf", lat_us, gbs) == 2;
+        found |= sscanf(line, "oversub %lf", us) == 1;
+    return pclose(p) == 0 && found ? 0 : -1;
+}
+
+/* Starts `mpirun -np 2 <this program> calibrate --pingpong`; 0 on success. */
+static int run_pingpong(double *lat_us, double *gbs, double *a2a_us, double *ar_us)
+{
+    FILE *p = start_self("-np 2 --oversubscribe --bind-to none", "--pingpong");
+    if (!p)
+        return -1;
+    char line[256];
+    int found = 0;
+    while (fgets(line, sizeof line, p))
+        found |= sscanf(line, "pingpong %lf %lf %lf %lf", lat_us, gbs, a2a_us, ar_us) == 4;
     return pclose(p) == 0 && found ? 0 : -1;
 }
 
@@ -211,19 +493,24 @@ static void put_base(FILE *f, const moe_hwprofile *b, moe_hw_field k, double v, 
 int moe_bench_calibrate(int argc, char **argv)
 {
     const char *out = NULL, *base_path = MOE_SRC_DIR "/configs/hw/this-machine.yaml";
-    int json = 0;
+    int json = 0, threads = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--pingpong") == 0)
             return pingpong();
+        if (strcmp(argv[i], "--pingpong-over") == 0)
+            return pingpong_over();
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc && atoi(argv[i + 1]) > 0)
+            threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
         else if (strcmp(argv[i], "--base") == 0 && i + 1 < argc)
             base_path = argv[++i];
         else {
-            fprintf(stderr, "moe bench calibrate: error: unknown argument '%s' (--out FILE, --base PROFILE, --json)\n",
-                    argv[i]);
+            fprintf(stderr,
+                    "moe bench calibrate: error: unknown argument '%s' (--out FILE, --base PROFILE, --threads N, "
+                    "--json)\n", argv[i]);
             return 2;
         }
     }
@@ -232,10 +519,32 @@ int moe_bench_calibrate(int argc, char **argv)
         moe_error_print(stderr, "moe bench calibrate");
         return 2;
     }
-    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    omp_set_num_threads(cores > 0 ? cores : 1);
+    int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ncores = ncores > 0 ? ncores : 1;
+    int cores = threads > 0 ? threads : ncores; /* the threads measured with */
+    omp_set_num_threads(cores);
 
-    size_t cap = (size_t)2048 * 2048;
+    ew_bufs e;
+    if (ew_alloc(&e) != MOE_OK) {
+        moe_error_print(stderr, "moe bench calibrate");
+        ew_free(&e);
+        return 1;
+    }
+    double kern = kernel_overhead_s(&e);
+    /* configs/tiny.yaml at micro-batch 2 and configs/small.yaml at 4: tokens,
+    ** hidden, routed rows (top-2), expert width, vocabulary, B, T, heads */
+    kern_call tiny_mb = {K_ZERO, 128, 64, 256, 128, 256, 2, 64, 4, 2, 16};
+    kern_call small_mb = {K_ZERO, 1024, 512, 2048, 1024, 256, 4, 256, 8, 8, 64};
+    double tb, ts, sb, ss;
+    ew_workload(&tiny_mb, &e, kern, &tb, &ts);
+    ew_workload(&small_mb, &e, kern, &sb, &ss);
+    double te, tt, se, st;
+    softmax_workload(&tiny_mb, &e, kern, &te, &tt);
+    softmax_workload(&small_mb, &e, kern, &se, &st);
+    ew_free(&e);
+    double ew_gbs = (tb + sb) / (ts + ss) / 1e9, sm_gelems = (te + se) / (tt + st) / 1e9;
+
+    size_t cap = (size_t)1 << 27; /* 512 MiB each: past every cache, as a training step's working set is */
     float *a = NULL, *b = NULL, *c = NULL;
     if (moe_alloc((void **)&a, cap * 4, "calibrate A") != MOE_OK || moe_alloc((void **)&b, cap * 4, "calibrate B") != MOE_OK ||
         moe_alloc((void **)&c, cap * 4, "calibrate C") != MOE_OK) {
@@ -246,9 +555,13 @@ int moe_bench_calibrate(int argc, char **argv)
     }
     for (size_t i = 0; i < cap; i++)
         a[i] = (float)((i * 7) % 13) * 0.01f, b[i] = (float)((i * 5) % 11) * 0.01f;
-    double gf[NSHAPES], peak = 0;
+    /* gf: the raw rate (peak = the best); net: without the kernel overhead
+    ** the model adds to every call itself (at most half the call taken off) */
+    double gf[NSHAPES], net[NSHAPES], peak = 0;
     for (int i = 0; i < NSHAPES; i++) {
-        gf[i] = time_gemm(&SHAPES[i], a, b, c);
+        double t = time_gemm(&SHAPES[i], a, b, c, cap), fl = 2.0 * SHAPES[i].M * SHAPES[i].K * SHAPES[i].N;
+        gf[i] = fl / t / 1e9;
+        net[i] = fl / (t - kern > 0.5 * t ? t - kern : 0.5 * t) / 1e9;
         peak = gf[i] > peak ? gf[i] : peak;
     }
     moe_free(a);
@@ -258,13 +571,16 @@ int moe_bench_calibrate(int argc, char **argv)
     for (int i = 0; i < NSHAPES; i++)
         if (SHAPES[i].small) {
             double fl = 2.0 * SHAPES[i].M * SHAPES[i].K * SHAPES[i].N;
-            small_flops += fl, small_time += fl / gf[i];
+            small_flops += fl, small_time += fl / net[i];
         }
-    double small_eff = small_flops / small_time / peak, scale = base.gemm_efficiency / small_eff;
+    double small_eff = small_flops / small_time / peak;
     point pts[NSHAPES];
     int np = 0;
-    for (int i = 0; i < NSHAPES; i++)
-        pts[np++] = (point){2.0 * SHAPES[i].M * SHAPES[i].K * SHAPES[i].N, gf[i] / peak};
+    for (int i = 0; i < NSHAPES; i++) { /* calls under twice the overhead are mostly overhead: left out */
+        double fl = 2.0 * SHAPES[i].M * SHAPES[i].K * SHAPES[i].N, eff = net[i] / peak;
+        if (fl / (gf[i] * 1e9) >= 2 * kern)
+            pts[np++] = (point){fl, eff < 1 ? eff : 1};
+    }
     qsort(pts, (size_t)np, sizeof *pts, cmp_point);
     int m = 0; /* merge equal sizes (their mean) so the table's flops increase */
     for (int i = 0; i < np;) {
@@ -275,10 +591,12 @@ int moe_bench_calibrate(int argc, char **argv)
         pts[m++] = (point){pts[i].flops, sum / (j - i)};
         i = j;
     }
-    double membw = triad_gbs(), lat_us = 0, p2p_gbs = 0;
-    int have_mpi = run_pingpong(&lat_us, &p2p_gbs) == 0;
+    double membw = triad_gbs(), lat_us = 0, p2p_gbs = 0, a2a_us = 0, ar_us = 0;
+    double over_us = 0;
+    int have_mpi = run_pingpong(&lat_us, &p2p_gbs, &a2a_us, &ar_us) == 0 && run_pingpong_over(ncores, &over_us) == 0;
     if (membw <= 0 || !have_mpi) {
-        fprintf(stderr, "moe bench calibrate: error: %s failed\n", membw <= 0 ? "the triad" : "the MPI ping-pong (mpirun -np 2)");
+        fprintf(stderr, "moe bench calibrate: error: %s failed\n",
+                membw <= 0 ? "the triad" : "the MPI ping-pong (mpirun -np 2, and 2 x cores oversubscribed)");
         return 1;
     }
 
@@ -290,17 +608,33 @@ int moe_bench_calibrate(int argc, char **argv)
         fprintf(stderr, "moe bench calibrate: error: cannot write %s\n", out);
         return 1;
     }
-    fprintf(f, "# written by `moe bench calibrate` on %s (%d cores); keys not measured come from %s\n", date, cores,
-            base.path);
-    fprintf(f, "name: %s-calibrated\ndescription: \"%s\"\n", base.name, base.description);
+    char load[64] = "?";
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (!fgets(load, sizeof load, la))
+            snprintf(load, sizeof load, "?");
+        load[strcspn(load, "\n")] = 0;
+        fclose(la);
+    }
+    fprintf(f, "# written by `moe bench calibrate%s` on %s (%d of %d cores, load average %s at the end); keys not "
+            "measured come from %s\n", threads > 0 ? " --threads N" : "", date, cores, ncores, load, base.path);
+    if (cores < ncores)
+        fprintf(f, "name: %s-calibrated-%dt\n", base.name, cores);
+    else
+        fprintf(f, "name: %s-calibrated\n", base.name);
+    fprintf(f, "description: \"%s\"\n", base.description);
     put(f, "dtype", "fp32", "moe.c trains in fp32; calibrate times sgemm");
     snprintf(src, sizeof src,
-             "measured by moe bench calibrate on %s: best sgemm rate over squares 64..2048 and the tiny/small "
-             "training shapes, %d threads: %.1f GFLOP/s",
+             "measured by moe bench calibrate on %s: the best median sgemm rate over squares 16..2048 and the tiny/small "
+             "training shapes, %d thread(s): %.1f GFLOP/s",
              date, cores, peak);
     put_num(f, "gemm_tflops", peak / 1e3, src);
-    put_base(f, &base, MOE_HW_GEMM_EFFICIENCY, base.gemm_efficiency, NULL);
-    snprintf(src, sizeof src, "measured by moe bench calibrate on %s: triad a = b + 3c, 3 x 128 MiB doubles, %d threads, best of 5",
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: the FLOP-weighted sgemm efficiency of configs/small.yaml's "
+             "forward shapes (used where the table below is not)",
+             date);
+    put_num(f, "gemm_efficiency", small_eff, src);
+    snprintf(src, sizeof src, "measured by moe bench calibrate on %s: triad a = b + 3c, 3 x 128 MiB doubles, %d thread(s), median of 5",
              date, cores);
     put_num(f, "mem_bw_gbs", membw, src);
     put_base(f, &base, MOE_HW_MEM_GIB, base.mem_gib, NULL);
@@ -310,38 +644,83 @@ int moe_bench_calibrate(int argc, char **argv)
     snprintf(b2, sizeof b2, "; ping-pong measured by moe bench calibrate on %s: %.2f GB/s one way for 16 MiB (a "
              "point-to-point rate, not the all-to-all rate the model uses)", date, p2p_gbs);
     put_base(f, &base, MOE_HW_INTRA_GBS, base.intra_gbs, b2);
-    snprintf(src, sizeof src, "measured by moe bench calibrate on %s: MPI ping-pong, 2 local ranks, 8 bytes, half round trip, min of 1000",
-             date);
-    put_num(f, "intra_node_latency_us", lat_us, src);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: MPI_Alltoall of 4 bytes per rank on 2 local ranks (one "
+             "message each way), median of 1001 (ping-pong half round trip %.3f us; 4-byte MPI_Allreduce %.3f us)",
+             date, lat_us, ar_us);
+    put_num(f, "intra_node_latency_us", a2a_us, src);
     put_base(f, &base, MOE_HW_INTER_GBS, base.inter_gbs, NULL);
     put_base(f, &base, MOE_HW_INTER_LAT_US, base.inter_lat_us, NULL);
     put_base(f, &base, MOE_HW_LINK_EFFICIENCY, base.link_efficiency, NULL);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: median call of the runtime's kernels on the least input (1x1x1 "
+             "GEMM; one row of RMSNorm, SwiGLU, permute, unpermute; a 64-float residual add; a 256-byte memset), "
+             "%d thread(s), mean of the seven",
+             date, cores);
+    put_num(f, "kernel_overhead_us", kern * 1e6, src);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: the runtime's element-wise kernels (RMSNorm, RoPE, SwiGLU, "
+             "permute, unpermute, residual add, memset, cross-entropy backward; forward and backward) on one layer "
+             "of configs/tiny.yaml (micro-batch 2: %.1f GB/s) and configs/small.yaml (micro-batch 4: %.1f GB/s), "
+             "%d thread(s), bytes as the cost model counts them / median time less the kernel overhead, both together",
+             date, tb / ts / 1e9, sb / ss / 1e9, cores);
+    put_num(f, "elementwise_gbs", ew_gbs, src);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: the runtime's softmax over the vocabulary (cross-entropy "
+             "forward: max, exp, sum, normalise) on configs/tiny.yaml's micro-batch (128 x 256: %.3f G/s) and "
+             "configs/small.yaml's (1024 x 256: %.3f G/s), %d thread(s), elements / median time less the kernel "
+             "overhead, both together",
+             date, te / tt / 1e9, se / st / 1e9, cores);
+    put_num(f, "softmax_gelems", sm_gelems, src);
+    snprintf(src, sizeof src, "measured by moe bench calibrate on %s: online processors (sysconf)", date);
+    put_num(f, "cores", ncores, src);
+    snprintf(src, sizeof src,
+             "the threads moe bench calibrate measured with on %s (%s): the rates above are one rank's at %d "
+             "thread%s",
+             date, threads > 0 ? "--threads" : "all cores", cores, cores > 1 ? "s" : "");
+    put_num(f, "threads", cores, src);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: %d ranks on the %d cores (mpirun --oversubscribe --mca "
+             "mpi_yield_when_idle 1, one thread each, as moe train starts them), pairs ping-pong 8 bytes with 50 us "
+             "of work between messages, median half round trip of 1001",
+             date, 2 * ncores, ncores);
+    put_num(f, "oversubscribed_latency_us", over_us, src);
     fprintf(f,
-            "gemm_efficiency_table:\n  source: \"measured by moe bench calibrate on %s: sgemm rate / %.1f GFLOP/s at "
-            "each size, times %.4f = %.2f (%s's gemm_efficiency) / %.4f (the FLOP-weighted sgemm efficiency of "
-            "configs/small.yaml's shapes), one factor for every size\"\n  points:\n",
-            date, peak, scale, base.gemm_efficiency, base.name, small_eff);
-    for (int i = 0; i < m; i++) {
-        double e = pts[i].eff * scale;
-        fprintf(f, "    - [%.4g, %.4f]\n", pts[i].flops, e > 1 ? 1 : e);
-    }
+            "gemm_efficiency_table:\n  source: \"measured by moe bench calibrate on %s: sgemm rate at each size, "
+            "%d thread(s) (the median call, operands out of cache, less kernel_overhead_us, which the model adds per call; calls under twice "
+            "it left out) / %.1f GFLOP/s\"\n  points:\n",
+            date, cores, peak);
+    for (int i = 0; i < m; i++)
+        fprintf(f, "    - [%.4g, %.4f]\n", pts[i].flops, pts[i].eff);
     if (out && fclose(f) != 0) {
         fprintf(stderr, "moe bench calibrate: error: cannot write %s\n", out);
         return 1;
     }
     if (json) {
         printf("{\"bench\": \"calibrate\", \"peak_gflops\": %.2f, \"mem_bw_gbs\": %.2f, \"mpi_latency_us\": %.3f, "
-               "\"mpi_gbs\": %.3f, \"small_sgemm_efficiency\": %.4f, \"scale\": %.4f, \"gemm\": [",
-               peak, membw, lat_us, p2p_gbs, small_eff, scale);
+               "\"mpi_gbs\": %.3f, \"mpi_alltoall_us\": %.3f, \"mpi_allreduce_us\": %.3f, \"mpi_oversubscribed_us\": %.3f, "
+               "\"kernel_overhead_us\": %.3f, \"elementwise_gbs\": %.2f, \"elementwise_tiny_gbs\": %.2f, "
+               "\"elementwise_small_gbs\": %.2f, \"softmax_gelems\": %.4f, \"threads\": %d, "
+               "\"small_sgemm_efficiency\": %.4f, \"gemm\": [",
+               peak, membw, lat_us, p2p_gbs, a2a_us, ar_us, over_us, kern * 1e6, ew_gbs, tb / ts / 1e9, sb / ss / 1e9, sm_gelems,
+               cores, small_eff);
         for (int i = 0; i < NSHAPES; i++)
-            printf("%s{\"m\": %d, \"k\": %d, \"n\": %d, \"what\": \"%s\", \"gflops\": %.2f}", i ? ", " : "", SHAPES[i].M,
-                   SHAPES[i].K, SHAPES[i].N, SHAPES[i].what, gf[i]);
+            printf("%s{\"m\": %d, \"k\": %d, \"n\": %d, \"what\": \"%s\", \"gflops\": %.2f, \"net_gflops\": %.2f}",
+                   i ? ", " : "", SHAPES[i].M, SHAPES[i].K, SHAPES[i].N, SHAPES[i].what, gf[i], net[i]);
+        printf("], \"elementwise\": [");
+        for (int i = 0; i < ew_nrec; i++)
+            printf("%s{\"kernel\": \"%s\", \"tokens\": %d, \"bytes\": %.0f, \"us\": %.3f}", i ? ", " : "",
+                   KNAME[ew_recs[i].k], ew_recs[i].tokens, ew_recs[i].bytes, ew_recs[i].us);
         printf("]}\n");
     } else if (out) {
         for (int i = 0; i < NSHAPES; i++)
-            printf("sgemm %5d x %5d x %5d  %-26s %8.2f GFLOP/s  (%.3f of peak)\n", SHAPES[i].M, SHAPES[i].K, SHAPES[i].N,
-                   SHAPES[i].what, gf[i], gf[i] / peak);
-        printf("triad %.2f GB/s; MPI ping-pong %.2f us, %.2f GB/s; wrote %s\n", membw, lat_us, p2p_gbs, out);
+            printf("sgemm %5d x %5d x %5d  %-44s %8.2f GFLOP/s (%.3f of peak; %.3f without the kernel overhead)\n",
+                   SHAPES[i].M, SHAPES[i].K, SHAPES[i].N, SHAPES[i].what, gf[i], gf[i] / peak, net[i] / peak);
+        printf("triad %.2f GB/s; MPI ping-pong %.2f us, %.2f GB/s; 4-byte MPI_Alltoall %.2f us, MPI_Allreduce %.2f us "
+               "(2 ranks); %d ranks on %d cores %.2f us\n", membw, lat_us, p2p_gbs, a2a_us, ar_us, 2 * ncores, ncores,
+               over_us);
+        printf("kernel overhead %.3f us; element-wise %.2f GB/s (tiny %.2f, small %.2f); softmax %.3f G elements/s; "
+               "wrote %s\n", kern * 1e6, ew_gbs, tb / ts / 1e9, sb / ss / 1e9, sm_gelems, out);
     }
     return 0;
 }

@@ -6,7 +6,7 @@
 **   moe bench a2a [--nproc N] ...   (perf/bench_a2a.c, under mpirun)
 **   moe bench layer [--nproc N | --hosts N --link-rate R] ...   (perf/bench_layer.c:
 **       one MoE layer's expert part under overlap none / coarse / fine)
-**   moe bench calibrate [--out FILE] [--base PROFILE] [--json]   (perf/bench_calibrate.c:
+**   moe bench calibrate [--out FILE] [--base PROFILE] [--threads N] [--json]   (perf/bench_calibrate.c:
 **       sgemm at training shapes, triad, MPI ping-pong; writes a hardware profile)
 **   moe bench train [--config F] [--<model key> V ...] [--steps S] [--warmup W]
 **                   [--vs-torch] [--json]
@@ -193,7 +193,7 @@ int main(int argc, char **argv)
                "       moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"
                "                       [--experts E] [--topk K] [--skew S] [--iters I] [--warmup W] [--chunks D]\n"
                "                       [--trace FILE] [--json]\n"
-               "       moe bench calibrate [--out FILE] [--base PROFILE] [--json]\n");
+               "       moe bench calibrate [--out FILE] [--base PROFILE] [--threads N] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "gemm") == 0)

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # The cost model against this machine: trains each layout below for a few
-# steps (median step_ms of metrics.jsonl after the warm-up steps) and asks
-# `moe plan parallel --json` for exactly that layout (every size, the batch,
-# sequence parallelism and, for the emulated hosts, --ranks-per-node 1), then
-# prints layout, measured ms, predicted ms, error % and whether it is within
-# 20%. Nothing is tuned per row: every prediction uses the one profile HW.
+# steps (median step_ms of metrics.jsonl after the warm-up steps; with
+# REPEAT > 1 the median of the runs' medians) and asks `moe plan parallel
+# --json` for exactly that layout (every size, the batch, sequence
+# parallelism and, for the emulated hosts, --ranks-per-node 1), then prints
+# layout, measured ms, predicted ms, error % and whether it is within 20%,
+# and at the end the same as the markdown table of docs/perf-model.md.
+# Nothing is tuned per row: every prediction uses the one profile of its
+# column.
 #   perf/validate_model.sh [STEPS] [WARMUP]          (defaults 8 3)
-#   env: HW     profile(s), space separated (default configs/hw/this-machine.yaml
-#               and configs/hw/this-machine-calibrated.yaml when present);
-#               one predicted column per profile
+#   env: HW     the columns, space separated; each a profile, or A+B: of the
+#               profiles A and B the one whose `threads` equals the threads
+#               each rank of the row runs (max(1, cores / ranks), as the
+#               launcher gives them; the emulated rows run 1), else A. Default:
+#               configs/hw/this-machine.yaml and, when present,
+#               configs/hw/this-machine-calibrated.yaml+configs/hw/this-machine-calibrated-1t.yaml
 #        MOE    the moe binary (default build/bin/moe)
+#        REPEAT runs per layout (default 1); the median of their medians
 #        RATE   emulated link rate (default 1gbit); the last two rows run on 4
 #               emulated hosts (scripts/emu/emu.sh, root only), skipped with EMU=0
+#        ONLY   a regular expression: only the layouts whose name matches
 #        MEASURED  a results file of an earlier run (layout<TAB>ms lines): reuse
 #               its measurements and only predict
-# Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir, printed).
+# Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir,
+# printed) with the 1-minute load average before each layout's runs.
+# Timings depend on an otherwise idle machine: the load is printed with each
+# row; rerun the rows measured under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-8}
@@ -22,9 +33,15 @@ WARMUP=${2:-3}
 MOE=${MOE:-build/bin/moe}
 RATE=${RATE:-1gbit}
 EMU_ON=${EMU:-1}
+REPEAT=${REPEAT:-1}
+ONLY=${ONLY:-}
 if [ -z "${HW:-}" ]; then
   HW=configs/hw/this-machine.yaml
-  [ -f configs/hw/this-machine-calibrated.yaml ] && HW="$HW configs/hw/this-machine-calibrated.yaml"
+  if [ -f configs/hw/this-machine-calibrated.yaml ]; then
+    c=configs/hw/this-machine-calibrated.yaml
+    [ -f configs/hw/this-machine-calibrated-1t.yaml ] && c="$c+configs/hw/this-machine-calibrated-1t.yaml"
+    HW="$HW $c"
+  fi
 fi
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -51,17 +68,22 @@ LAYOUTS=(
   "tiny DP4 emu-4host|configs/tiny.yaml|4|1 1 1 1 1|2 8|1"
 )
 
-median_step_ms() { # median step_ms of the steps after the warm-up
-  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +"$((WARMUP + 1))" | sort -g |
-    awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+median() { # of the numbers on stdin
+  sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-measure() { # name cfg world "tp cp pp ep etp" "micro global" emu -> ms
-  local name=$1 cfg=$2 world=$3 emu=$6 tp cp pp ep etp mb gb
+median_step_ms() { # median step_ms of the steps after the warm-up
+  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +"$((WARMUP + 1))" | median
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+measure_once() { # name cfg world "tp cp pp ep etp" "micro global" emu run -> ms
+  local name=$1 cfg=$2 world=$3 emu=$6 run=$7 tp cp pp ep etp mb gb
   read -r tp cp pp ep etp <<<"$4"
   read -r mb gb <<<"$5"
   local sp=(); [ "$tp" -gt 1 ] && sp=(--sequence-parallel)
-  local dir="$OUT/run-$(echo "$name" | tr ' ' '_')"
+  local dir="$OUT/run-$(echo "$name" | tr ' ' '_')-$run"
   local args=(--config "$cfg" --data-path data/kjv --train-iters "$((WARMUP + STEPS))" --eval-interval 0
               --save-interval 0 --log-interval 1000 --nproc "$world" --tensor-model-parallel-size "$tp"
               --context-parallel-size "$cp" --pipeline-model-parallel-size "$pp" --expert-model-parallel-size "$ep"
@@ -75,10 +97,34 @@ measure() { # name cfg world "tp cp pp ep etp" "micro global" emu -> ms
   median_step_ms "$dir/metrics.jsonl"
 }
 
-predict() { # hw name cfg world "tp cp pp ep etp" "micro global" emu -> ms
-  local hw=$1 cfg=$3 world=$4 emu=$7 tp cp pp ep etp mb gb
-  read -r tp cp pp ep etp <<<"$5"
-  read -r mb gb <<<"$6"
+measure() { # the median over REPEAT runs
+  local r
+  for ((r = 1; r <= REPEAT; r++)); do measure_once "$@" "$r"; done | grep -v nan | median
+}
+
+profile_value() { # file key -> value
+  awk -v k="$2:" '$1 == k { getline; print $2; exit }' "$1"
+}
+
+pick_profile() { # "A+B" world emu -> the profile whose threads match the row's threads per rank
+  local spec=$1 world=$2 emu=$3 p
+  IFS='+' read -r -a cand <<<"$spec"
+  for p in "${cand[@]}"; do
+    local cores threads per
+    cores=$(profile_value "$p" cores)
+    threads=$(profile_value "$p" threads)
+    per=$(( cores / world > 1 ? cores / world : 1 ))
+    [ "$emu" = 1 ] && per=1
+    [ "$threads" = "$per" ] && { echo "$p"; return; }
+  done
+  echo "${cand[0]}"
+}
+
+predict() { # hw cfg world "tp cp pp ep etp" "micro global" emu -> ms
+  local hw=$1 cfg=$2 world=$3 emu=$6 tp cp pp ep etp mb gb
+  read -r tp cp pp ep etp <<<"$4"
+  read -r mb gb <<<"$5"
+  hw=$(pick_profile "$hw" "$world" "$emu")
   local sp=off; [ "$tp" -gt 1 ] && sp=on
   local extra=()
   [ "$emu" = 1 ] && extra=(--ranks-per-node 1)
@@ -88,40 +134,55 @@ predict() { # hw name cfg world "tp cp pp ep etp" "micro global" emu -> ms
     echo nan
 }
 
-echo "# $(date -u +%FT%TZ), $(nproc) cores, $STEPS steps after $WARMUP warm-up, results in $OUT" >&2
+label() { basename "${1%%+*}" .yaml; }
+
+echo "# $(date -u +%FT%TZ), $(nproc) cores, $STEPS steps after $WARMUP warm-up, $REPEAT run(s) per layout," \
+  "load $(cut -d' ' -f1-3 /proc/loadavg), results in $OUT" >&2
 : >"$OUT/measured.tsv"
-hdr=$(printf "%-20s %11s" layout measured_ms)
-for hw in $HW; do hdr+=$(printf " | %-28s" "$(basename "$hw" .yaml): pred_ms err% <=20%"); done
+hdr=$(printf "%-20s %11s %5s" layout measured_ms load)
+for hw in $HW; do hdr+=$(printf " | %-28s" "$(label "$hw"): pred_ms err% <=20%"); done
 echo "$hdr"
+md="| layout | measured ms | load |"
+mdsep="|---|---|---|"
+for hw in $HW; do md+=" $(label "$hw") | err |"; mdsep+="---|---|"; done
+md+=$'\n'"$mdsep"
 nin=(); ntot=0
 for row in "${LAYOUTS[@]}"; do
   IFS='|' read -r name cfg world sizes batch emu <<<"$row"
   [ "$emu" = 1 ] && [ "$EMU_ON" = 0 ] && continue
+  [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]] && continue
   if [ "$emu" = 1 ] && [ "$emu_up" = 0 ] && [ -z "${MEASURED:-}" ]; then
     $EMU_SH up 4 --rate "$RATE" >/dev/null # here, not in measure's subshell, so the EXIT trap sees it
     emu_up=1
   fi
   if [ -n "${MEASURED:-}" ]; then
     ms=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$MEASURED")
+    ld=$(awk -F'\t' -v n="$name" '$1 == n { print ($3 == "" ? "-" : $3) }' "$MEASURED")
   else
+    ld=$(load1)
     ms=$(measure "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
   fi
-  printf "%s\t%s\n" "$name" "$ms" >>"$OUT/measured.tsv"
-  line=$(printf "%-20s %11s" "$name" "$ms")
+  printf "%s\t%s\t%s\n" "$name" "$ms" "$ld" >>"$OUT/measured.tsv"
+  line=$(printf "%-20s %11s %5s" "$name" "$ms" "$ld")
+  mdl="| $name | $ms | $ld |"
   i=0
   for hw in $HW; do
-    p=$(predict "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
-    read -r err ok <<<"$(awk -v m="$ms" -v p="$p" 'BEGIN { if (m == "nan" || p == "nan" || m == 0) print "nan no";
-      else { e = 100 * (p - m) / m; print sprintf("%+.1f", e), (e <= 20 && e >= -20) ? "yes" : "no" } }')"
+    p=$(predict "$hw" "$cfg" "$world" "$sizes" "$batch" "$emu")
+    read -r err ok <<<"$(awk -v m="$ms" -v p="$p" 'BEGIN { if (m == "nan" || p == "nan" || m == "" || m == 0) print "nan no";
+      else { e = 100 * (p - m) / m; print sprintf("%+.0f%%", e), (e <= 20 && e >= -20) ? "yes" : "no" } }')"
     line+=$(printf " | %9s %8s %4s      " "$p" "$err" "$ok")
+    mdl+=" $p | ${err/-/−} |"
     [ "$ok" = yes ] && nin[$i]=$(( ${nin[$i]:-0} + 1 ))
     i=$((i + 1))
   done
   ntot=$((ntot + 1))
   echo "$line"
+  md+=$'\n'"$mdl"
 done
 i=0
 for hw in $HW; do
-  echo "$(basename "$hw" .yaml): ${nin[$i]:-0} of $ntot layouts within 20%"
+  echo "$(label "$hw"): ${nin[$i]:-0} of $ntot layouts within 20%"
   i=$((i + 1))
 done
+echo
+echo "$md"

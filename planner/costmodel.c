@@ -24,12 +24,13 @@ void moe_cost_opts_default(moe_cost_opts *o)
         .causal_skip = -1,
         .vpp = 1,
         .ep_hidden = -1,
-        .dp_hidden = 1,
+        .dp_hidden = -1,
         .tp_hidden = 0,
         .cp_hidden = 1,
         .param_gather_overlap = 0,
         .expert_imbalance = 1,
         .mem_usable = 0.9,
+        .grouped_gemm = -1,
     };
 }
 
@@ -50,7 +51,7 @@ void moe_cost_param_counts(const moe_config *c, double *total, double *active)
 }
 
 // ----------------------------------------------------------------------------
-// the machine: compute roofline and links
+// the machine: compute roofline, kernel calls and links
 
 /* A group kind on this layout: size, whether any of its groups spans nodes,
 ** and the fewest members any member shares its node with (itself included). */
@@ -63,6 +64,9 @@ typedef struct {
     double eff;         /* the single factor (profile or --gemm-efficiency) */
     const moe_hwprofile *table; /* non-NULL: per-GEMM efficiency from its gemm_efficiency_table */
     double membw;       /* bytes/s per rank */
+    double ewbw;        /* bytes/s per rank of element-wise passes */
+    double smrate;      /* elements/s per rank of softmax passes */
+    double kern;        /* s: fixed cost of one kernel call */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
     double intra_lat, inter_lat; /* s */
     double w;           /* bytes per activation / weight element */
@@ -75,6 +79,7 @@ static double eff_at(const machine *m, double flops)
     return m->table ? moe_hwprofile_gemm_efficiency(m->table, flops) : m->eff;
 }
 
+/* Roofline of one GEMM call, without its kernel overhead. */
 static double gemm_time(const machine *m, double M, double K, double N)
 {
     if (M <= 0 || K <= 0 || N <= 0)
@@ -106,14 +111,15 @@ static double ar_time(const machine *m, const group_link *g, double full)
 }
 
 /* All-to-all of `held` bytes per rank, spread evenly over the n ranks (own
-** share stays): node-local peers and remote peers are served at once. */
+** share stays): one message to each of the n - 1 peers, each costing its
+** link's latency, node-local and remote peers served at once, each over its
+** own link. held = 0: the messages alone (the dispatcher's counts). */
 static double a2a_time(const machine *m, const group_link *g, double held)
 {
     if (g->n <= 1)
         return 0;
-    double intra = (g->local - 1.0) / g->n * held, inter = (double)(g->n - g->local) / g->n * held;
-    double t = fmax(intra / m->intra_bw, inter / m->inter_bw);
-    return t + (inter > 0 ? m->inter_lat : m->intra_lat);
+    double nl = g->local - 1.0, nr = (double)(g->n - g->local);
+    return fmax(nl * m->intra_lat + nl / g->n * held / m->intra_bw, nr * m->inter_lat + nr / g->n * held / m->inter_bw);
 }
 
 static double p2p_time(const machine *m, const group_link *g, double bytes)
@@ -156,16 +162,21 @@ typedef struct {
     double own;  /* tokens a rank routes (ntok / TP) */
     double rows; /* routed rows on one expert rank (ETP own K, times the imbalance) */
     double srow; /* rows of the hidden-size tensors on a rank: ntok / TP with SP */
-    int flash;
-    double causal, ep_hidden;
-    group_link tp, cp, dpcp, pp, ep, etp, edp;
+    int flash, grouped;
+    double peak_all; /* FLOP/s of all W ranks' devices (a shared machine's: its peak at all its cores) */
+    double fill_speedup; /* shared machine, more ranks than cores: how much faster a stage runs while the others
+                            idle in the pipeline's fill and drain (their cores go to it); 1 otherwise */
+    double causal, ep_hidden, dp_hidden;
+    group_link tp, cp, tpcp, dpcp, pp, ep, etp, edp;
     machine mc;
     const moe_cost_opts *o;
 } ctx;
 
 /* Per micro-batch, one direction, on one rank. */
 typedef struct {
-    double compute;
+    double compute; /* GEMMs, element-wise passes and the kernel overhead of both */
+    double ew;      /* of which element-wise passes (their bytes and kernel overheads) */
+    double calls;   /* kernel calls: GEMM calls and element-wise passes */
     double exposed[MOE_COMM_N], hidden[MOE_COMM_N], bytes[MOE_COMM_N];
 } mb_cost;
 
@@ -183,6 +194,49 @@ static void add_overlapped(mb_cost *c, moe_comm_dim d, double t, double window, 
     c->hidden[d] += h;
     c->exposed[d] += t - h;
     c->bytes[d] += bytes;
+}
+
+/* `calls` GEMM calls of M x K x N each: a kernel overhead and a roofline
+** apiece. Returns their time. */
+static double gemm_calls(const ctx *x, mb_cost *c, double calls, double M, double K, double N)
+{
+    double t = calls * (x->mc.kern + gemm_time(&x->mc, M, K, N));
+    c->compute += t;
+    c->calls += calls;
+    return t;
+}
+
+/* A GEMM in forward and its two backward GEMMs (input and weight gradient:
+** the same FLOPs each). Returns the forward time. */
+static double gemm_fb(const ctx *x, mb_cost *f, mb_cost *b, double M, double K, double N)
+{
+    gemm_calls(x, b, 2, M, K, N);
+    return gemm_calls(x, f, 1, M, K, N);
+}
+
+/* `kernels` element-wise kernel calls moving `bytes` in all (read + written)
+** at the element-wise rate; softmax passes also exponentiate `exps`
+** elements at the softmax rate and take the longer of the two. */
+static double softmax_pass(const ctx *x, mb_cost *c, double kernels, double bytes, double exps)
+{
+    double t = kernels * x->mc.kern + fmax(bytes / x->mc.ewbw, exps / x->mc.smrate);
+    c->compute += t;
+    c->ew += t;
+    c->calls += kernels;
+    return t;
+}
+
+static double ew_pass(const ctx *x, mb_cost *c, double kernels, double bytes)
+{
+    return softmax_pass(x, c, kernels, bytes, 0);
+}
+
+/* Zero-filling gradient buffers that the next kernels accumulate into: this
+** runtime's backward (fp32) does; Megatron's (bf16) writes its gradients. */
+static void zero_pass(const ctx *x, mb_cost *c, double kernels, double bytes)
+{
+    if (x->prec == MOE_PREC_FP32)
+        ew_pass(x, c, kernels, bytes);
 }
 
 /* One TP block boundary pair (attention, or a TP-split MLP): all-gather and
@@ -205,40 +259,111 @@ static void tp_single(const ctx *x, mb_cost *c, int allreduce)
     add_comm(c, MOE_COMM_TP, t, x->o->tp_hidden, (allreduce ? 2.0 : 1.0) * (x->TP - 1.0) / x->TP * S);
 }
 
-static double mlp_time(const ctx *x, double rows, double width_local)
+/* A small all-reduce of `bytes` over a group (latency bound), charged to dim d. */
+static void small_allreduce(const ctx *x, mb_cost *c, moe_comm_dim d, const group_link *g, double bytes)
 {
-    return gemm_time(&x->mc, rows, x->C, 2 * width_local) + gemm_time(&x->mc, rows, width_local, x->C);
+    if (g->n > 1)
+        add_comm(c, d, ar_time(&x->mc, g, bytes), 0, 2.0 * (g->n - 1.0) / g->n * bytes);
 }
 
-/* Attention of one layer, forward (bwd = 2x compute, mirrored comm). */
-static void attention(const ctx *x, mb_cost *f, mb_cost *b)
+#define ATT_BLOCK 64.0 /* rows / keys per block of this runtime's attention kernels (layers/attention*.c) */
+
+/* The attention scores and values of one layer (forward and backward) on
+** this rank; returns the forward time, the window the CP ring hides behind.
+** fp32 (this runtime): its kernels, GEMM call by GEMM call. CP = 1
+** (attention.c): per (sequence, head) and block of 64 query rows r0..r1,
+** a scores GEMM (rows x HD x r1) and a values GEMM (rows x r1 x HD) forward,
+** four of that size backward, around the fp32 T x T probabilities (softmax
+** writes them; backward reads them and writes dS). CP > 1 (attention_block.c,
+** one region per ring hop): per (sequence, head) and visible 64 x 64 tile, 2
+** GEMMs forward and 5 backward. bf16 (Megatron): one fused flash kernel per
+** hop forward, two backward, by roofline over all its FLOPs and bytes. */
+static double attention_core(const ctx *x, mb_cost *f, mb_cost *b)
 {
     const machine *m = &x->mc;
-    double proj = gemm_time(m, x->ntok, x->C, x->QKV / x->TP) + gemm_time(m, x->ntok, x->C / x->TP, x->C);
-    /* scores QK^T and values PV: 4 ntok T C / TP flops, CP ranks see all T keys */
+    double heads = x->b * x->NH / x->TP, Tl = x->T / x->CP, HD = x->HD;
+    if (x->prec == MOE_PREC_FP32 && !x->flash) {
+        double t0 = f->compute;
+        for (double r0 = 0; r0 < Tl; r0 += ATT_BLOCK) {
+            double rows = fmin(ATT_BLOCK, Tl - r0), r1 = fmin(r0 + ATT_BLOCK, Tl);
+            gemm_calls(x, f, heads, rows, HD, r1);
+            gemm_calls(x, f, heads, rows, r1, HD);
+            gemm_calls(x, b, 2 * heads, rows, HD, r1);
+            gemm_calls(x, b, 2 * heads, rows, r1, HD);
+        }
+        double probs = heads * Tl * x->T * 4;
+        softmax_pass(x, f, 1, 2 * probs, heads * Tl * (Tl + 1) / 2); /* causal softmax rows, forward region */
+        ew_pass(x, b, 2, 3 * probs); /* dS = P (dP - rowsum), the backward regions */
+        return f->compute - t0;
+    }
+    if (x->prec == MOE_PREC_FP32) {
+        double nq = ceil(Tl / ATT_BLOCK), tile = fmin(ATT_BLOCK, Tl);
+        double tiles = heads * x->CP * nq * nq * (nq + 1) / (2 * nq); /* causal: the diagonal and below */
+        double t0 = f->compute;
+        gemm_calls(x, f, 2 * tiles, tile, HD, tile);
+        gemm_calls(x, b, 5 * tiles, tile, HD, tile);
+        double out = x->ntok * x->C / x->TP * m->w;
+        /* hop regions (online softmax of each tile; backward recomputes P), accumulator init and finish, prep */
+        softmax_pass(x, f, x->CP + 2, 3 * out, tiles * tile * tile);
+        softmax_pass(x, b, x->CP + 1, 3 * out, tiles * tile * tile);
+        return f->compute - t0;
+    }
+    /* fused: scores and values, 4 ntok T C / TP FLOPs, CP ranks see all T keys */
     double flops = 4.0 * x->ntok * x->T * x->C / x->TP * x->causal;
     double kv_all = x->b * x->T * 2 * x->NKV * x->HD / x->TP;
     double bytes = (x->ntok * x->C / x->TP * 2 + kv_all) * m->w;
     if (!x->flash) /* the T x T probabilities (fp32) written, normalised, read */
         bytes += 3.0 * x->b * (x->NH / x->TP) * (x->T / x->CP) * x->T * 4;
     double core = fmax(flops / (m->peak * eff_at(m, flops)), bytes / m->membw);
-    f->compute += proj + core;
-    b->compute += 2 * (proj + core);
+    f->compute += x->CP * m->kern + core;
+    f->calls += x->CP;
+    b->compute += 2 * x->CP * m->kern + 2 * core;
+    b->calls += 2 * x->CP;
+    return core;
+}
+
+/* Attention of one layer, forward and backward, as model_attn.c runs it. */
+static void attention(const ctx *x, mb_cost *f, mb_cost *b)
+{
+    const machine *m = &x->mc;
+    double w = m->w, Nc = x->ntok, Nr = x->srow, C = x->C, QKVl = x->QKV / x->TP, Ya = C / x->TP;
+    ew_pass(x, f, 1, 2 * Nr * C * w); /* RMSNorm */
+    gemm_fb(x, f, b, Nc, C, QKVl);
+    ew_pass(x, f, 1, 2 * Nc * QKVl * w); /* RoPE */
+    double core = attention_core(x, f, b);
+    gemm_fb(x, f, b, Nc, Ya, C);
+    if (!x->SP) /* the partial output copied out before its all-reduce */
+        ew_pass(x, f, 1, 2 * Nc * C * w);
+    ew_pass(x, f, 1, 3 * Nr * C * w); /* residual add */
+    /* backward: zeroed gradients of the attention output, qkv (twice) and the
+    ** input, RoPE (accumulating), RMSNorm (input and weight passes) */
+    zero_pass(x, b, 4, (Nc * Ya + 2 * Nc * QKVl + Nc * C) * w);
+    ew_pass(x, b, 1, 3 * Nc * QKVl * w);
+    ew_pass(x, b, 2, 5 * Nr * C * w);
     tp_block(x, f);
     tp_block(x, b);
     if (x->CP > 1) { /* ring: CP-1 hops of this rank's K and V; backward K/V and dK/dV */
         double kv = x->ntok * 2 * x->NKV * x->HD / x->TP * m->w;
         double t = (x->CP - 1) * p2p_time(m, &x->cp, kv);
+        ew_pass(x, f, 1, 2 * kv);     /* K/V packed for the ring */
+        ew_pass(x, b, 1, 3 * kv);     /* packed again; dK/dV added home */
+        zero_pass(x, b, 1, kv);
         add_overlapped(f, MOE_COMM_CP, t, x->o->cp_hidden * core, (x->CP - 1) * kv);
         add_overlapped(b, MOE_COMM_CP, 2 * t, x->o->cp_hidden * 2 * core, 2 * (x->CP - 1) * kv);
     }
 }
 
-static void dense_mlp(const ctx *x, double width, mb_cost *f, mb_cost *b)
+/* A SwiGLU MLP of `width` split over TP on all of this rank's tokens (a dense
+** layer's, or the shared expert), model_ffn.c's mlp_forward / backward. */
+static void swiglu_mlp(const ctx *x, double width, mb_cost *f, mb_cost *b)
 {
-    double t = mlp_time(x, x->ntok, width / x->TP);
-    f->compute += t;
-    b->compute += 2 * t;
+    double w = x->mc.w, Nc = x->ntok, Wl = width / x->TP;
+    gemm_fb(x, f, b, Nc, x->C, 2 * Wl);
+    ew_pass(x, f, 1, 3 * Nc * Wl * w);
+    gemm_fb(x, f, b, Nc, Wl, x->C);
+    /* backward: zeroed d(act), d(h13) and d(input), SwiGLU backward */
+    zero_pass(x, b, 3, (3 * Nc * Wl + Nc * x->C) * w);
+    ew_pass(x, b, 1, 7 * Nc * Wl * w);
     tp_block(x, f);
     tp_block(x, b);
 }
@@ -247,28 +372,100 @@ static void dense_mlp(const ctx *x, double width, mb_cost *f, mb_cost *b)
 static void moe_mlp(const ctx *x, mb_cost *f, mb_cost *b)
 {
     const machine *m = &x->mc;
-    double El = x->E / x->EP, Fl = x->F / x->ETP;
-    double router = gemm_time(m, x->own * x->ETP, x->C, x->E);
-    double experts = El * mlp_time(x, x->rows / El, Fl); /* one grouped GEMM per local expert */
-    f->compute += router + experts;
-    b->compute += 2 * (router + experts);
-    if (x->Fs > 0)
-        dense_mlp(x, x->Fs, f, b);
+    double w = m->w, C = x->C, E = x->E, K = x->K, Ng = x->own * x->ETP, R = x->rows, Fl = x->F / x->ETP;
+    /* router GEMM; softmax and top-k, expert counts, aux and z losses (fp32
+    ** scores); the route plan (16 B per routed pair); backward: zeroed
+    ** d(logits), router, aux and z loss backward */
+    gemm_fb(x, f, b, Ng, C, E);
+    softmax_pass(x, f, 4, (3 * Ng * E + 2 * x->own * E) * 4, Ng * E);
+    ew_pass(x, f, 1, Ng * K * 16);
+    zero_pass(x, b, 1, Ng * E * 4);
+    ew_pass(x, b, 3, (3 * Ng * E + 4 * x->own * E) * 4);
+    small_allreduce(x, f, MOE_COMM_TP, &x->tpcp, E * 4); /* the micro-batch's expert counts */
+    /* permute: one gather per destination rank; unpermute with the top-k
+    ** weights; backward: their gradients (two passes), zeroed d(input) */
+    ew_pass(x, f, x->EP, 2 * Ng * K * C * w);
+    ew_pass(x, f, 1, (Ng * K + Ng) * C * w);
+    ew_pass(x, b, 2, (3 * Ng * K + Ng) * C * w);
+    zero_pass(x, b, 1, Ng * C * w);
+    ew_pass(x, b, 1, (Ng * K + 2 * Ng) * C * w);
+    /* experts: this runtime runs a GEMM pair per (source rank, local expert)
+    ** segment of the received rows (EP x E/EP = E segments); grouped GEMM
+    ** (Megatron) one call per GEMM for all local experts */
+    double El = E / x->EP, nseg = x->grouped ? El : x->EP * El, ncall = x->grouped ? 1 : nseg, seg = R / nseg;
+    double t0 = f->compute;
+    f->compute += 2 * ncall * m->kern + nseg * (gemm_time(m, seg, C, 2 * Fl) + gemm_time(m, seg, Fl, C));
+    f->calls += 2 * ncall;
+    ew_pass(x, f, ncall, 3 * R * Fl * w);
+    double experts = f->compute - t0;
+    b->compute += 4 * ncall * m->kern + 2 * nseg * (gemm_time(m, seg, C, 2 * Fl) + gemm_time(m, seg, Fl, C));
+    b->calls += 4 * ncall;
+    zero_pass(x, b, ncall, 2 * R * Fl * w); /* d(h13) */
+    ew_pass(x, b, ncall, 7 * R * Fl * w);   /* SwiGLU backward */
+    if (x->Fs > 0) {
+        swiglu_mlp(x, x->Fs, f, b);
+        ew_pass(x, f, 1, 3 * x->srow * C * w); /* shared expert added to the routed output */
+        ew_pass(x, b, 1, 3 * x->srow * C * w);
+    }
     if (!x->SP) { /* replicated tokens: each TP rank routed its slice, outputs all-gathered */
         tp_single(x, f, 0);
         tp_single(x, b, 0);
     }
     if (x->ETP > 1) { /* own tokens all-gathered before the router, outputs reduce-scattered */
-        double full = x->own * x->ETP * x->C * m->w;
+        double full = x->own * x->ETP * C * w;
         double t = 2 * ag_time(m, &x->etp, full);
         add_comm(f, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
         add_comm(b, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
     }
-    if (x->EP > 1) { /* dispatch + combine, uniform routing */
-        double held = x->own * x->ETP * x->K * x->C * m->w;
+    if (x->EP > 1) { /* counts, then dispatch + combine, uniform routing */
+        double held = x->own * x->ETP * K * C * w;
         double t = 2 * a2a_time(m, &x->ep, held), sent = 2 * held * (x->EP - 1.0) / x->EP;
-        add_overlapped(f, MOE_COMM_EP, t, x->ep_hidden * experts, sent);
+        add_overlapped(f, MOE_COMM_EP, t + a2a_time(m, &x->ep, 0), x->ep_hidden * experts, sent);
         add_overlapped(b, MOE_COMM_EP, t, x->ep_hidden * 2 * experts, sent);
+    }
+}
+
+/* The FFN block of one layer: RMSNorm, MoE or dense MLP, residual add. */
+static void ffn(const ctx *x, int is_moe, mb_cost *f, mb_cost *b)
+{
+    double Nr = x->srow, C = x->C, w = x->mc.w;
+    ew_pass(x, f, 1, 2 * Nr * C * w);
+    if (is_moe && x->SP && x->Fs <= 0 && x->prec == MOE_PREC_FP32) /* this runtime gathers the sequence anyway */
+        tp_single(x, f, 0);
+    if (is_moe)
+        moe_mlp(x, f, b);
+    else {
+        swiglu_mlp(x, x->Fd, f, b);
+        if (!x->SP) /* the partial output copied out before its all-reduce */
+            ew_pass(x, f, 1, 2 * x->ntok * C * w);
+    }
+    ew_pass(x, f, 1, 3 * Nr * C * w);
+    ew_pass(x, b, 2, 5 * Nr * C * w);
+}
+
+/* The LM head of the last stage: final RMSNorm, GEMM (column-parallel over
+** the vocabulary), cross-entropy over fp32 logits (vocabulary-parallel with
+** TP: max, exp-sum and finish passes and two small all-reduces). */
+static void head(const ctx *x, mb_cost *f, mb_cost *b)
+{
+    double Nc = x->ntok, Nr = x->srow, C = x->C, w = x->mc.w, Vl = x->V / x->TP;
+    ew_pass(x, f, 1, 2 * Nr * C * w);
+    gemm_fb(x, f, b, Nc, C, Vl);
+    softmax_pass(x, f, x->TP > 1 ? 3 : 1, (x->TP > 1 ? 4 : 2) * Nc * Vl * 4, Nc * Vl);
+    if (x->TP > 1) {
+        small_allreduce(x, f, MOE_COMM_TP, &x->tp, Nc * 4);
+        small_allreduce(x, f, MOE_COMM_TP, &x->tp, 2 * Nc * 4);
+    }
+    /* backward: zeroed d(logits), cross-entropy backward, zeroed d(input)
+    ** and d(residual), RMSNorm backward */
+    zero_pass(x, b, 1, Nc * Vl * 4);
+    ew_pass(x, b, 1, 3 * Nc * Vl * 4);
+    zero_pass(x, b, 2, (Nc + Nr) * C * w);
+    ew_pass(x, b, 2, 5 * Nr * C * w);
+    if (x->TP > 1) {
+        if (x->SP)
+            tp_single(x, f, 0);
+        tp_single(x, b, !x->SP);
     }
 }
 
@@ -280,29 +477,25 @@ static void stage_cost(const ctx *x, int s, mb_cost *f, mb_cost *b)
     int per = x->L / x->PP;
     for (int l = s * per; l < (s + 1) * per; l++) {
         attention(x, f, b);
-        if (x->is_moe[l])
-            moe_mlp(x, f, b);
-        else
-            dense_mlp(x, x->Fd, f, b);
+        ffn(x, x->is_moe[l], f, b);
     }
-    if (s == 0 && x->TP > 1) { /* vocabulary-parallel embedding: all-reduce (reduce-scatter with SP) */
-        tp_single(x, f, !x->SP);
-        if (x->SP)
-            tp_single(x, b, 0);
-    }
-    if (s == x->PP - 1) { /* LM head (column-parallel over the vocabulary) */
-        double t = gemm_time(&x->mc, x->ntok, x->C, x->V / x->TP);
-        f->compute += t;
-        b->compute += 2 * t;
-        if (x->TP > 1) {
+    if (s == 0) { /* embedding lookup and its scatter-add backward */
+        double e = 2 * x->ntok * x->C * x->mc.w;
+        ew_pass(x, f, x->TP > 1 && !x->SP ? 2 : 1, x->TP > 1 && !x->SP ? 2 * e : e);
+        ew_pass(x, b, 1, e);
+        if (x->TP > 1) { /* vocabulary-parallel: all-reduce (reduce-scatter with SP) */
+            tp_single(x, f, !x->SP);
             if (x->SP)
-                tp_single(x, f, 0);
-            tp_single(x, b, !x->SP);
+                tp_single(x, b, 0);
         }
     }
+    if (s == x->PP - 1)
+        head(x, f, b);
     if (x->PP > 1) { /* activations out, gradients back: v hops per micro-batch each way */
         double bytes = x->ntok * x->C * x->mc.w / (x->SP ? x->TP : 1);
         double t = x->v * p2p_time(&x->mc, &x->pp, bytes);
+        ew_pass(x, f, x->v, 2 * bytes); /* the send buffer copies */
+        ew_pass(x, b, x->v, 2 * bytes);
         add_comm(f, MOE_COMM_PP, t, 0, x->v * bytes);
         add_comm(b, MOE_COMM_PP, t, 0, x->v * bytes);
     }
@@ -428,14 +621,19 @@ static moe_status check_opts(const moe_cost_opts *o)
     if (o->gemm_efficiency > 1 || o->link_efficiency > 1)
         return moe_fail(MOE_ERR_USAGE, "cost model: efficiencies must be <= 1 (gemm %g, link %g)", o->gemm_efficiency,
                         o->link_efficiency);
-    double fr[] = {o->dp_hidden, o->tp_hidden, o->cp_hidden, o->mem_usable};
-    const char *nm[] = {"dp-hidden", "tp-hidden", "cp-hidden", "mem-usable"};
-    for (int i = 0; i < 4; i++)
+    if (o->dp_hidden > 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: dp-hidden must be <= 1 (or < 0 for the default), got %g",
+                        o->dp_hidden);
+    double fr[] = {o->tp_hidden, o->cp_hidden, o->mem_usable};
+    const char *nm[] = {"tp-hidden", "cp-hidden", "mem-usable"};
+    for (int i = 0; i < 3; i++)
         if (!(fr[i] >= 0 && fr[i] <= 1))
             return moe_fail(MOE_ERR_USAGE, "cost model: %s must be in [0, 1], got %g", nm[i], fr[i]);
     if (o->ep_hidden > 1)
         return moe_fail(MOE_ERR_USAGE, "cost model: ep-hidden must be <= 1 (or < 0 for the default), got %g",
                         o->ep_hidden);
+    if (o->grouped_gemm < -1 || o->grouped_gemm > 1)
+        return moe_fail(MOE_ERR_USAGE, "cost model: grouped-gemm must be -1 (auto), 0 or 1, got %d", o->grouped_gemm);
     if (!(o->expert_imbalance >= 1))
         return moe_fail(MOE_ERR_USAGE, "cost model: expert imbalance (max/mean) must be >= 1, got %g",
                         o->expert_imbalance);
@@ -472,6 +670,26 @@ static moe_status check_layout(moe_config *cfg, const moe_cost_opts *o, moe_layo
     return MOE_OK;
 }
 
+/* On a shared machine of `cores` cores, W ranks run max(1, cores / W)
+** threads each; the fraction of a core's time a rank's thread gets. */
+static double rank_slice(const moe_hwprofile *hw, int W)
+{
+    if (!hw->shared)
+        return 1;
+    int t = hw->cores / W > 1 ? hw->cores / W : 1;
+    return fmin(1.0, (double)hw->cores / ((double)W * t));
+}
+
+/* The fraction of the profile's rates (measured on one rank of `threads`
+** threads) one of W ranks gets: its threads / threads, time-shared. */
+static double rank_share(const moe_hwprofile *hw, int W)
+{
+    if (!hw->shared)
+        return 1;
+    int t = hw->cores / W > 1 ? hw->cores / W : 1;
+    return (double)t / hw->threads * rank_slice(hw, W);
+}
+
 static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, const moe_hwprofile *hw,
                         const moe_cost_opts *o)
 {
@@ -496,6 +714,8 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     x->srow = x->SP ? x->own : x->ntok;
     x->flash = o->flash_attention >= 0 ? o->flash_attention : !(x->prec == MOE_PREC_FP32 && x->CP == 1);
     x->causal = (o->causal_skip >= 0 ? o->causal_skip : x->flash) ? 0.5 : 1.0;
+    x->grouped = o->grouped_gemm >= 0 ? o->grouped_gemm : x->prec == MOE_PREC_BF16;
+    x->dp_hidden = o->dp_hidden >= 0 ? o->dp_hidden : x->prec == MOE_PREC_BF16;
     if (o->ep_hidden >= 0)
         x->ep_hidden = o->ep_hidden;
     else if (cfg->moe_overlap == 2)
@@ -506,20 +726,30 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     } else
         x->ep_hidden = 0;
 
-    double share = hw->shared ? l->world : 1;
+    double share = rank_share(hw, l->world), slice = rank_slice(hw, l->world);
+    x->fill_speedup = rank_slice(hw, l->world / l->pp) / slice;
     machine *m = &x->mc;
-    m->peak = hw->gemm_tflops * 1e12 / share;
+    m->peak = hw->gemm_tflops * 1e12 * share;
+    x->peak_all = hw->shared ? hw->gemm_tflops * 1e12 * hw->cores / hw->threads : hw->gemm_tflops * 1e12 * l->world;
     m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
     m->table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw;
-    m->membw = hw->mem_bw_gbs * 1e9 / share;
+    m->membw = hw->mem_bw_gbs * 1e9 * share;
+    m->ewbw = hw->elementwise_gbs * 1e9 * share;
+    m->smrate = hw->softmax_gelems * 1e9 * share;
+    m->kern = hw->kernel_overhead_us * 1e-6 / slice;
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
     m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
+    if (hw->shared && l->world > hw->cores) { /* a message waits for its receiver to get a core */
+        m->intra_lat = fmax(m->intra_lat, hw->oversub_lat_us * 1e-6);
+        m->inter_lat = fmax(m->inter_lat, hw->oversub_lat_us * 1e-6);
+    }
     m->w = x->prec == MOE_PREC_BF16 ? 2 : 4;
 
     int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
     MOE_TRY(group_links(l, MOE_G_TP, rpn, &x->tp));
     MOE_TRY(group_links(l, MOE_G_CP, rpn, &x->cp));
+    MOE_TRY(group_links(l, MOE_G_TP_CP, rpn, &x->tpcp));
     MOE_TRY(group_links(l, MOE_G_DP_CP, rpn, &x->dpcp));
     MOE_TRY(group_links(l, MOE_G_PP, rpn, &x->pp));
     MOE_TRY(group_links(l, MOE_G_EP, rpn, &x->ep));
@@ -554,11 +784,12 @@ static tail_cost tail_of_stage(const ctx *x, int s, double fwd_compute, double b
         t.sync = ar_time(m, gd, gd_bytes) + ar_time(m, ge, ge_bytes);
         t.bytes = 2 * (gd->n - 1.0) / gd->n * gd_bytes + 2 * (ge->n - 1.0) / ge->n * ge_bytes;
     }
-    t.sync_hidden = fmin(t.sync, x->o->dp_hidden * bwd_compute);
+    t.sync_hidden = fmin(t.sync, x->dp_hidden * bwd_compute);
     t.gather_hidden = x->o->param_gather_overlap ? fmin(t.gather, fwd_compute) : 0;
     double dshard = x->distopt ? x->DP * x->CP : 1, eshard = x->distopt ? x->EDP : 1;
     double per_param = x->prec == MOE_PREC_BF16 ? 34 : 32;
-    t.opt = (p.dense / dshard + p.expert / eshard) * per_param / m->membw;
+    /* plus the step's zeroing of every local fp32 gradient (4 B each) */
+    t.opt = ((p.dense / dshard + p.expert / eshard) * per_param + (p.dense + p.expert) * 4) / m->membw;
     return t;
 }
 
@@ -573,14 +804,20 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->world = x->W, r->tp = x->TP, r->cp = x->CP, r->pp = x->PP, r->dp = x->DP;
     r->ep = x->EP, r->etp = x->ETP, r->edp = x->EDP, r->vpp = x->v, r->sp = x->SP;
     r->micro_batches = x->m, r->precision = x->prec;
-    r->gemm_efficiency = x->mc.eff, r->ep_hidden = x->ep_hidden;
+    r->gemm_efficiency = x->mc.eff, r->ep_hidden = x->ep_hidden, r->dp_hidden = x->dp_hidden;
     r->flops_per_token = moe_flops_per_token(cfg);
 
-    /* the slowest stage sets the pipeline's pace */
+    /* the slowest stage sets the pipeline's pace; the others fill and drain
+    ** it: 1F1B takes m (tf + tb) of the slowest stage plus one forward and
+    ** backward of each other stage (per virtual stage 1/v of it), which for
+    ** equal stages is the (p-1)/v (tf + tb) bubble. On a shared machine
+    ** with more ranks than cores the fill and drain run one stage's ranks at
+    ** a time, which then have the cores the idle ones leave. */
     mb_cost f, b, fs = {0}, bs = {0};
-    double slow = -1;
+    double slow = -1, all = 0;
     for (int s = 0; s < x->PP; s++) {
         stage_cost(x, s, &f, &b);
+        all += mb_total(&f) + mb_total(&b);
         if (mb_total(&f) + mb_total(&b) > slow) {
             slow = mb_total(&f) + mb_total(&b);
             fs = f, bs = b;
@@ -589,7 +826,10 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->fwd_mb_s = mb_total(&fs), r->bwd_mb_s = mb_total(&bs);
     double per_mb = r->fwd_mb_s + r->bwd_mb_s;
     r->compute_s = x->m * (fs.compute + bs.compute);
-    r->bubble_s = (x->PP - 1.0) / x->v * per_mb;
+    r->elementwise_s = x->m * (fs.ew + bs.ew);
+    r->kernel_calls = x->m * (fs.calls + bs.calls);
+    r->overhead_s = r->kernel_calls * x->mc.kern;
+    r->bubble_s = (all - per_mb) / x->v / x->fill_speedup;
     r->bubble_fraction = (x->PP - 1.0) / (x->v * x->m + x->PP - 1.0);
     for (int d = 0; d < MOE_COMM_N; d++) {
         r->comm[d].exposed_s = x->m * (fs.exposed[d] + bs.exposed[d]);
@@ -618,7 +858,7 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->step_s = pipe + tail;
     double tokens = (double)cfg->global_batch_size * cfg->seq_length;
     r->tokens_per_s = tokens / r->step_s;
-    r->mfu = r->flops_per_token * r->tokens_per_s / (x->W * x->mc.peak);
+    r->mfu = r->flops_per_token * r->tokens_per_s / x->peak_all;
 
     /* memory: the stage that needs most */
     r->mem_total = -1;
@@ -762,22 +1002,29 @@ moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_
                                              : o->precision;
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     machine m = {
-        .peak = hw->gemm_tflops * 1e12 / (hw->shared ? W : 1),
+        .peak = hw->gemm_tflops * 1e12 * rank_share(hw, W),
         .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
         .table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw,
-        .membw = hw->mem_bw_gbs * 1e9 / (hw->shared ? W : 1),
+        .membw = hw->mem_bw_gbs * 1e9 * rank_share(hw, W),
+        .ewbw = hw->elementwise_gbs * 1e9 * rank_share(hw, W),
+        .smrate = hw->softmax_gelems * 1e9 * rank_share(hw, W),
+        .kern = hw->kernel_overhead_us * 1e-6 / rank_slice(hw, W),
         .intra_bw = hw->intra_gbs * 1e9 * le,
         .inter_bw = hw->inter_gbs * 1e9 * le,
         .intra_lat = hw->intra_lat_us * 1e-6,
         .inter_lat = hw->inter_lat_us * 1e-6,
         .w = prec == MOE_PREC_BF16 ? 2 : 4,
     };
+    if (hw->shared && W > hw->cores) { /* a message waits for its receiver to get a core */
+        m.intra_lat = fmax(m.intra_lat, hw->oversub_lat_us * 1e-6);
+        m.inter_lat = fmax(m.inter_lat, hw->oversub_lat_us * 1e-6);
+    }
     int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
     group_link g = {.n = W, .cross = W > rpn, .local = W < rpn ? W : rpn};
     double El = (double)s->experts / s->ep, rows = s->tokens * s->topk / s->ep / El; /* per local expert */
     double Fl = (double)s->ffn / s->tp, H = s->hidden;
-    out->gemm0_s = El * gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl);
-    out->gemm1_s = El * gemm_time(&m, rows, Fl, H);
+    out->gemm0_s = m.kern + El * gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl); /* one grouped GEMM */
+    out->gemm1_s = m.kern + El * gemm_time(&m, rows, Fl, H);
     if (s->allgather) {
         out->comm0_s = ag_time(&m, &g, s->tokens * H * m.w);       /* every rank gets every token */
         out->comm1_s = ag_time(&m, &g, s->tokens / s->ep * H * m.w); /* partial sums reduce-scattered home */

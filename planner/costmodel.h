@@ -9,12 +9,30 @@
 ** values, out projection, dense / shared-expert SwiGLU, router, the top-k
 ** routed experts, LM head) on a rank's share of the work (TP splits the
 ** heads and FFN columns, CP the query tokens, each TP rank routes 1/TP of the
-** tokens, EP x ETP share the routed rows) costs
-**     max(flops / (peak * gemm_efficiency), bytes / memory bandwidth)
+** tokens, EP x ETP share the routed rows) costs, call by call,
+**     kernel_overhead + max(flops / (peak * gemm_efficiency), bytes / memory bandwidth)
 ** (roofline; bytes = the GEMM's inputs, weights and output once). Backward
-** costs twice the forward. Element-wise work (norms, softmax, RoPE, SwiGLU)
-** is not modelled: it is inside gemm_efficiency, an MFU-like factor. A
-** profile with a gemm_efficiency_table (hwprofile.h) replaces the factor by
+** makes two calls of each forward GEMM's size. The calls are counted as this
+** runtime makes them: the routed experts one GEMM pair per (source rank,
+** local expert) segment, E per rank (grouped_gemm, the default for bf16 /
+** Megatron: one call for all local experts); fp32 attention one scores and
+** one values GEMM per (sequence, head, 64-row block), four backward (CP > 1:
+** 2 and 5 per visible 64 x 64 tile per ring hop); bf16 attention one fused
+** flash kernel per hop forward, two backward, by roofline over all of it.
+** Element-wise passes (RMSNorm, RoPE, softmax probabilities, SwiGLU, router
+** softmax / losses, route plan, permute per destination rank, unpermute,
+** residual adds, cross-entropy over fp32 logits, zeroed gradient buffers,
+** copies) are counted per layer from model_attn.c / model_ffn.c /
+** model_step.c, each costing kernel_overhead + its bytes / elementwise_gbs;
+** softmax passes (attention rows, router, cross-entropy) the longer of that
+** and their exponentials / softmax_gelems. fp32's zero-filled gradient
+** buffers are left out for bf16 (Megatron writes its gradients). On a
+** shared machine a rank gets the profile's rates (measured with `threads`
+** threads) x its own threads max(1, cores / W) / threads, x cores / (W x its
+** threads) when the W ranks outnumber the cores (time-shared; the kernel
+** overhead grows by the same factor, and every message costs at least
+** oversubscribed_latency_us). A profile
+** with a gemm_efficiency_table (hwprofile.h) replaces the factor by
 ** the table's value at each GEMM's FLOPs (attention scores: their FLOPs),
 ** unless opts.gemm_efficiency overrides it; the report's gemm_efficiency is
 ** then the profile's single factor.
@@ -34,13 +52,18 @@
 **   TP   with SP an all-gather before and a reduce-scatter after attention and
 **        after each dense / shared-expert MLP (an all-reduce each without SP;
 **        the same bytes), routed experts without SP an all-gather of their
-**        outputs; the same again in backward. Exposed, less tp_hidden.
+**        outputs; the same again in backward; fp32 with SP also all-gathers
+**        the MoE block's input (this runtime does); the expert counts' small
+**        all-reduce over tp x cp; the vocabulary-parallel loss's two. Exposed,
+**        less tp_hidden.
 **   CP   the ring's K/V blocks, (CP-1) x this rank's K and V forward, twice
 **        that backward (K/V and dK/dV), hidden behind the attention scores
 **        (exposed = max(0, comm - attention compute)).
 **   EP   dispatch and combine all-to-alls forward and backward, each of
 **        ETP x own tokens x top-k x hidden x dtype x (1 - 1/EP) bytes (uniform
-**        routing); hidden: ep_hidden x min(comm, expert compute).
+**        routing) in EP - 1 messages of one link latency each, plus the
+**        forward's exchange of expert counts (EP - 1 messages); hidden:
+**        ep_hidden x min(comm, expert compute).
 **   ETP  all-gather of the own tokens before the router and reduce-scatter of
 **        the partial expert outputs, mirrored in backward.
 **   PP   one activation forward and one gradient backward per micro-batch
@@ -48,16 +71,20 @@
 **   DP   non-expert gradients over dp x cp, expert gradients over EDP, fp32:
 **        all-reduce, or with the distributed optimizer reduce-scatter plus an
 **        all-gather of the parameters; the gradient sync hides behind up to
-**        dp_hidden of the last micro-batch's backward; the parameter
+**        dp_hidden of the last micro-batch's backward (bf16 1, fp32 0); the parameter
 **        all-gather is exposed unless param_gather_overlap.
 ** Pipeline: 1F1B with the slowest stage's per-micro-batch forward tf and
-** backward tb (compute plus exposed comm): (m + (p-1)/v) (tf + tb), the
-** bubble being (p-1)/v (tf + tb) (Narayanan et al. 2021; the same figure as
-** parallel/pp_schedule's moe_pp_bubble_formula).
+** backward tb (compute plus exposed comm): m (tf + tb) plus a bubble of one
+** forward and backward of every other stage, / v: for equal stages
+** (p-1)/v (tf + tb) (Narayanan et al. 2021; the same figure as
+** parallel/pp_schedule's moe_pp_bubble_formula). On a shared machine with
+** more ranks than cores the bubble runs one stage's ranks at a time, on the
+** cores the idle ones leave.
 ** Optimizer: AdamW is memory bound; bytes per parameter of this rank's
 ** optimizer shard over the memory bandwidth (fp32: p, g, m, v read, p, m, v
 ** written, g read again for the norm: 32 B; mixed: fp32 master, grad, m, v
-** read, master, m, v, bf16 copy written, grad norm: 34 B).
+** read, master, m, v, bf16 copy written, grad norm: 34 B), plus zeroing
+** every local fp32 gradient for the next step (4 B).
 ** Memory per rank (the stage needing most): parameters by shard (TP, EP x
 ** ETP, the stage's layers, embedding on the first stage, LM head on the last
 ** unless tied on one stage), gradients, AdamW state (sharded over dp x cp and
@@ -91,12 +118,15 @@ typedef struct {
     int causal_skip;          /* -1: = flash_attention (masked half of the scores skipped) */
     int vpp;                  /* virtual pipeline stages per rank; 1 (all this runtime runs) */
     double ep_hidden;         /* < 0: from moe-overlap: none 0, coarse 1 - 1/min(4, E/EP), fine 1 - 1/EP */
-    double dp_hidden;         /* 1: the gradient sync may hide behind the whole last backward */
+    double dp_hidden;         /* < 0: bf16 1 (NCCL on its own stream: the gradient sync may hide behind the
+                                 whole last backward), fp32 0 (this runtime: MPI's non-blocking all-reduces
+                                 advance only inside MPI calls, and backward makes none for them) */
     double tp_hidden;         /* 0: TP collectives exposed */
     double cp_hidden;         /* 1: the ring hides behind the attention scores up to their time */
     int param_gather_overlap; /* 0: the distributed optimizer's parameter all-gather is exposed */
     double expert_imbalance;  /* 1: max/mean tokens per expert rank (uniform routing) */
     double mem_usable;        /* 0.9: fraction of device memory a run may use */
+    int grouped_gemm;         /* -1: on for bf16 (Megatron --moe-grouped-gemm), off for fp32 (this runtime) */
 } moe_cost_opts;
 
 void moe_cost_opts_default(moe_cost_opts *o);
@@ -114,15 +144,19 @@ typedef struct {
 typedef struct {
     /* the layout and its derived sizes */
     int world, tp, cp, pp, dp, ep, etp, edp, vpp, sp, micro_batches, precision;
-    double gemm_efficiency, link_efficiency, ep_hidden;
+    double gemm_efficiency, link_efficiency, ep_hidden, dp_hidden;
     /* time */
     double flops_per_token;  /* model FLOPs per token (moe_flops_per_token's count) */
     double fwd_mb_s;         /* one micro-batch forward on the slowest stage, compute + exposed comm */
     double bwd_mb_s;         /* the same, backward */
-    double compute_s;        /* m x (forward + backward compute) on the slowest stage */
+    double compute_s;        /* m x (forward + backward compute) on the slowest stage: GEMMs, element-wise
+                                passes and the kernel overhead of both */
+    double elementwise_s;    /* of which element-wise passes (their bytes and kernel overheads) */
+    double kernel_calls;     /* kernel calls (GEMM calls + element-wise passes) in compute_s */
+    double overhead_s;       /* of compute_s: kernel_calls x the profile's kernel_overhead_us */
     moe_cost_comm comm[MOE_COMM_N];
     double bubble_s;
-    double bubble_fraction;  /* (p-1) / (v m + p - 1) */
+    double bubble_fraction;  /* (p-1) / (v m + p - 1): the schedule's idle fraction for equal stages */
     double optimizer_s;
     double step_s;
     double tokens_per_s;

@@ -35,6 +35,12 @@ static const field_def FIELDS[MOE_HW_NFIELDS] = {
     [MOE_HW_INTER_GBS] = {"inter_node_gbs", F_REAL, OFF(inter_gbs), 1e-6, 1e6},
     [MOE_HW_INTER_LAT_US] = {"inter_node_latency_us", F_REAL, OFF(inter_lat_us), 0, 1e6},
     [MOE_HW_LINK_EFFICIENCY] = {"link_efficiency", F_REAL, OFF(link_efficiency), 1e-3, 1},
+    [MOE_HW_KERNEL_OVERHEAD_US] = {"kernel_overhead_us", F_REAL, OFF(kernel_overhead_us), 0, 1e4},
+    [MOE_HW_ELEMENTWISE_GBS] = {"elementwise_gbs", F_REAL, OFF(elementwise_gbs), 1e-3, 1e6},
+    [MOE_HW_SOFTMAX_GELEMS] = {"softmax_gelems", F_REAL, OFF(softmax_gelems), 1e-3, 1e6},
+    [MOE_HW_CORES] = {"cores", F_INT, OFF(cores), 1, 1 << 20},
+    [MOE_HW_THREADS] = {"threads", F_INT, OFF(threads), 1, 1 << 20},
+    [MOE_HW_OVERSUB_LAT_US] = {"oversubscribed_latency_us", F_REAL, OFF(oversub_lat_us), 0, 1e6},
 };
 #undef OFF
 

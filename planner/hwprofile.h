@@ -25,6 +25,29 @@
 ** plain scalar, or a mapping without `source`), an empty source, a value that
 ** is not a number or out of range, malformed YAML, an unreadable file.
 **
+** kernel_overhead_us and elementwise_gbs are the two per-kernel terms of
+** the cost model (costmodel.h): every kernel call (each GEMM call and each
+** element-wise pass: norms, RoPE, SwiGLU, softmax, permutes, residual adds,
+** memsets) costs kernel_overhead_us on top of its roofline time, and the
+** element-wise passes move their bytes at elementwise_gbs (shared among the
+** ranks like mem_bw_gbs on a shared machine). Softmax passes (attention
+** probabilities, cross-entropy over the vocabulary, the router) take the
+** longer of their bytes at elementwise_gbs and their elements at
+** softmax_gelems (exp-bound on a CPU, memory-bound on a GPU).
+**
+** cores and threads describe a shared machine: its rates (GEMM peak and
+** table, bandwidths, element-wise and softmax rates) are those of one rank
+** running `threads` threads; W ranks each run max(1, cores / W) threads
+** (launch/local.c), so a rank gets the rates x its threads / `threads`, x
+** cores / (W x its threads) when the ranks outnumber the cores (time-shared;
+** the kernel overhead grows by the same factor). A rank running other than
+** `threads` threads is scaled linearly, which small kernels do not do: use
+** the profile measured at the threads the layout runs (moe bench calibrate
+** --threads N). With more ranks than cores a message waits for its
+** receiver to get a core: every message then costs at least
+** oversubscribed_latency_us. Not shared: one rank per device; cores and
+** threads are 1 and oversubscribed_latency_us does not apply.
+**
 ** Optional key `gemm_efficiency_table` (written by `moe bench calibrate`):
 ** the efficiency a GEMM reaches as a function of its size in FLOPs (2MKN),
 ** a mapping with a non-empty `source` and `points`, a list of
@@ -61,6 +84,12 @@ typedef enum {
     MOE_HW_INTER_GBS,        /* per rank, per direction, between nodes */
     MOE_HW_INTER_LAT_US,     /* per message, between nodes */
     MOE_HW_LINK_EFFICIENCY,  /* fraction of the link bandwidths collectives achieve */
+    MOE_HW_KERNEL_OVERHEAD_US, /* fixed time of one kernel call (a GEMM or an element-wise pass) beyond its roofline */
+    MOE_HW_ELEMENTWISE_GBS,  /* rate element-wise passes move data at (whole device / machine), GB/s */
+    MOE_HW_SOFTMAX_GELEMS,   /* rate softmax passes (max, exp, sum, normalise) take elements at, 1e9/s */
+    MOE_HW_CORES,            /* shared machine: the cores its ranks divide (1 otherwise) */
+    MOE_HW_THREADS,          /* shared machine: the threads of the one rank the rates were measured with (1 otherwise) */
+    MOE_HW_OVERSUB_LAT_US,   /* shared machine: per-message latency while its ranks outnumber its cores */
     MOE_HW_NFIELDS
 } moe_hw_field;
 
@@ -79,6 +108,11 @@ typedef struct {
     double intra_gbs, intra_lat_us;
     double inter_gbs, inter_lat_us;
     double link_efficiency;
+    double kernel_overhead_us;
+    double elementwise_gbs;
+    double softmax_gelems;
+    int cores, threads;
+    double oversub_lat_us;
     char source[MOE_HW_NFIELDS][512]; /* each field's source, as written */
     int eff_points;                          /* 0: no gemm_efficiency_table */
     double eff_flops[MOE_HW_EFF_POINTS];     /* increasing */

@@ -270,6 +270,7 @@ START_TEST(test_pipeline_against_pp_schedule)
                     ck_assert_int_eq(moe_cost_in_flight(p, s, m, v), moe_pp_max_in_flight(p, s, m, v));
             }
     moe_hwprofile hw = load_hw("this-machine.yaml");
+    hw.cores = 4; /* a rank per core: no time-sharing */
     moe_cost_opts o;
     moe_cost_opts_default(&o);
     moe_config c = tiny();
@@ -279,7 +280,19 @@ START_TEST(test_pipeline_against_pp_schedule)
     moe_cost_report r = step(&c, &hw, &o);
     ck_assert_int_eq(r.micro_batches, 4);
     ck_assert(close_rel(r.bubble_fraction, moe_pp_bubble_formula(4, 4, 1), 1e-12));
-    ck_assert(close_rel(r.bubble_s, 3 * (r.fwd_mb_s + r.bwd_mb_s), 1e-12));
+    /* the bubble is one pass of each other stage: less than 3 of the slowest
+    ** (the last stage carries the head), more than 2 (the middle two equal
+    ** the first but for the embedding) */
+    double per = r.fwd_mb_s + r.bwd_mb_s;
+    ck_assert_msg(r.bubble_s < 3 * per && r.bubble_s > 2 * per, "bubble %g per %g", r.bubble_s, per);
+    ck_assert(close_rel(r.step_s, 4 * per + r.bubble_s + r.comm[MOE_COMM_DP].exposed_s + r.optimizer_s, 1e-12));
+    /* 4 ranks on 2 cores: the fill and drain run one rank at a time, on a
+    ** whole core instead of half of one, so the bubble takes half as long */
+    hw.cores = 2;
+    moe_cost_report h = step(&c, &hw, &o);
+    per = h.fwd_mb_s + h.bwd_mb_s;
+    ck_assert_msg(h.bubble_s < 1.5 * per && h.bubble_s > 1.0 * per, "bubble %g per %g", h.bubble_s, per);
+    hw.cores = 4;
     c.num_layers = 8;
     ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
     o.vpp = 2;
@@ -347,14 +360,133 @@ START_TEST(test_moe_layer_fwd)
                               .tp = 8, .ep = 1, .gated = 0, .allgather = 1, .splits = 8};
     moe_cost_layer_report r;
     ck_assert_int_eq(moe_costmodel_moe_layer_fwd(&s, &hw, &o, &r), MOE_OK);
-    /* GEMM0: 2 x 32768 rows x 8192 x 1024 FLOPs at 989 TFLOP/s x 0.6 */
-    ck_assert(close_rel(r.gemm0_s, 2.0 * 32768 * 8192 * 1024 / (989e12 * 0.6), 1e-9));
+    /* GEMM0: one grouped GEMM call, 2 x 32768 rows x 8192 x 1024 FLOPs at 989 TFLOP/s x 0.6 */
+    ck_assert(close_rel(r.gemm0_s, hw.kernel_overhead_us * 1e-6 + 2.0 * 32768 * 8192 * 1024 / (989e12 * 0.6), 1e-9));
     /* all-gather: 7/8 of 8192 x 8192 x 2 B at 200 GB/s x 0.8, 7 steps of 5 us */
     ck_assert(close_rel(r.comm0_s, 7 * 5e-6 + 7.0 / 8 * 8192 * 8192 * 2 / 160e9, 1e-9));
     ck_assert(r.layer0_ov_s < r.layer0_seq_s && r.layer0_ov_s >= fmax(r.gemm0_s, r.comm0_s));
     s.tp = 3;
     ck_assert_int_eq(moe_costmodel_moe_layer_fwd(&s, &hw, &o, &r), MOE_ERR_USAGE);
     moe_error_clear();
+}
+END_TEST
+
+/* The per-kernel terms on tiny (2 MoE layers, T 64, 4 heads, 4 experts
+** top-2) at micro-batch 2, global 8: 4 micro-batches on one rank. Kernel
+** calls counted by hand, each costing exactly kernel_overhead_us; more
+** experts or no grouped GEMM, more calls by exactly their segments' kernels;
+** element-wise bytes at elementwise_gbs; EP - 1 messages per all-to-all. */
+START_TEST(test_kernel_terms)
+{
+    moe_hwprofile hw = load_hw("this-machine.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    moe_config c = tiny();
+    c.micro_batch_size = 2, c.global_batch_size = 8;
+    ck_assert_int_eq(moe_config_validate(&c), MOE_OK);
+    hw.kernel_overhead_us = 0;
+    moe_cost_report r0 = step(&c, &hw, &o);
+    hw.kernel_overhead_us = 10;
+    moe_cost_report r1 = step(&c, &hw, &o);
+    /* per micro-batch and layer: attention 23 forward (norm, qkv, RoPE, 2
+    ** heads x 4 (scores + values GEMMs), softmax, out, copy of the partial
+    ** output, residual add) + 45 backward (2 x 2 projection GEMMs, 8 x 4
+    ** head GEMMs, 2 softmax passes, 4 zeroed buffers, RoPE, 2 norm passes);
+    ** MoE 22 forward (norm, router GEMM, 4 router passes, route plan, permute,
+    ** unpermute, 4 expert segments x (2 GEMMs + SwiGLU), residual add) + 36
+    ** backward (2 router GEMMs, zeroed d(logits), 3 router passes, 2
+    ** unpermute passes, zeroed d(input), permute, 4 x (4 GEMMs, zeroed
+    ** d(h13), SwiGLU), 2 norm passes); the embedding 1 + 1; the head 3
+    ** forward (norm, GEMM, cross-entropy) + 8 backward (2 GEMMs, zeroed
+    ** d(logits), cross-entropy, 2 zeroed buffers, 2 norm passes) */
+    double per_mb = 2 * (23 + 45 + 22 + 36) + 2 + 11;
+    ck_assert_msg(r1.kernel_calls == 4 * per_mb, "%g calls, expected %g", r1.kernel_calls, 4 * per_mb);
+    ck_assert(r0.kernel_calls == r1.kernel_calls && r0.overhead_s == 0);
+    ck_assert(close_rel(r1.overhead_s, r1.kernel_calls * 10e-6, 1e-12));
+    ck_assert_msg(close_rel(r1.step_s - r0.step_s, r1.kernel_calls * 10e-6, 1e-9), "%.17g vs %.17g",
+                  r1.step_s - r0.step_s, r1.kernel_calls * 10e-6);
+    /* 8 experts: 4 more segments per layer, 2 GEMMs + SwiGLU forward and 4
+    ** GEMMs, zeroed d(h13), SwiGLU backward each */
+    moe_config c8 = c;
+    c8.num_experts = 8;
+    ck_assert_int_eq(moe_config_validate(&c8), MOE_OK);
+    moe_cost_report e1 = step(&c8, &hw, &o);
+    hw.kernel_overhead_us = 0;
+    moe_cost_report e0 = step(&c8, &hw, &o);
+    double more = 4.0 * 2 * 4 * (3 + 6);
+    ck_assert_msg(e1.kernel_calls - r1.kernel_calls == more, "%g more calls", e1.kernel_calls - r1.kernel_calls);
+    ck_assert(close_rel((e1.step_s - e0.step_s) - (r1.step_s - r0.step_s), more * 10e-6, 1e-9));
+    /* grouped GEMM: one call per expert GEMM instead of one per segment: 27
+    ** fewer calls per layer (4 x 3 - 3 forward, 4 x 6 - 6 backward) */
+    o.grouped_gemm = 1;
+    moe_cost_report g = step(&c, &hw, &o);
+    ck_assert_msg(r1.kernel_calls - g.kernel_calls == 4.0 * 2 * 27, "%g", r1.kernel_calls - g.kernel_calls);
+    o.grouped_gemm = 2;
+    ck_assert_int_eq(moe_costmodel_step(&c, &hw, &o, &g), MOE_ERR_USAGE);
+    ck_assert_ptr_nonnull(strstr(moe_errmsg(), "grouped-gemm"));
+    moe_error_clear();
+    o.grouped_gemm = -1;
+    /* twice the element-wise rate (softmax passes bound by their bytes
+    ** too): half the element-wise time, off the step */
+    hw.softmax_gelems = 1e6;
+    moe_cost_report w1 = step(&c, &hw, &o);
+    hw.elementwise_gbs *= 2;
+    moe_cost_report w2 = step(&c, &hw, &o);
+    ck_assert(w1.elementwise_s > 0.1 * w1.step_s);
+    ck_assert(close_rel(w2.elementwise_s, w1.elementwise_s / 2, 1e-12));
+    ck_assert(close_rel(w1.step_s - w2.step_s, w1.elementwise_s / 2, 1e-9));
+    /* softmax passes bound by their exponentials: per micro-batch the causal
+    ** attention rows (8 (sequence, head) pairs x 64 x 65 / 2 per layer), the
+    ** router (128 tokens x 4 experts per layer) and the cross-entropy (128 x
+    ** 256); at 1e-3 G/s against 2e-3 G/s they take exactly twice as long */
+    hw.elementwise_gbs = 1e6;
+    hw.softmax_gelems = 1e-3;
+    moe_cost_report s1 = step(&c, &hw, &o);
+    hw.softmax_gelems = 2e-3;
+    moe_cost_report s2 = step(&c, &hw, &o);
+    double exps = 4 * (2 * (8 * 64 * 65 / 2 + 128 * 4) + 128 * 256);
+    ck_assert_msg(close_rel(s1.elementwise_s - s2.elementwise_s, exps / 2e6, 1e-6), "%.17g vs %.17g",
+                  s1.elementwise_s - s2.elementwise_s, exps / 2e6);
+    /* EP4 on 4 local ranks: each all-to-all sends 3 messages, each costing
+    ** the intra-node latency; 5 exchanges per MoE layer and micro-batch
+    ** (counts, dispatch and combine forward; dispatch and combine backward),
+    ** 1 micro-batch per rank */
+    hw = load_hw("this-machine.yaml");
+    set_layout(&c, 4, 1, 1, 1, 4, 1);
+    hw.oversub_lat_us = 0;
+    hw.intra_lat_us = 0;
+    moe_cost_report a = step(&c, &hw, &o);
+    hw.intra_lat_us = 7;
+    moe_cost_report b = step(&c, &hw, &o);
+    ck_assert_int_eq(a.micro_batches, 1);
+    double lat = 1 * 2 * 5 * 3 * 7e-6;
+    ck_assert_msg(close_rel(b.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat, 1e-9), "%.17g vs %g",
+                  b.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat);
+    /* 4 ranks on 2 cores: every message costs at least the oversubscribed
+    ** latency; on 2 ranks (one per core) it does not apply */
+    hw.oversub_lat_us = 20;
+    moe_cost_report ov = step(&c, &hw, &o);
+    ck_assert(close_rel(ov.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat * 20 / 7, 1e-9));
+    set_layout(&c, 2, 1, 1, 1, 2, 1);
+    moe_cost_report two = step(&c, &hw, &o);
+    hw.oversub_lat_us = 0;
+    moe_cost_report two0 = step(&c, &hw, &o);
+    ck_assert(two.step_s == two0.step_s);
+    set_layout(&c, 4, 1, 1, 1, 4, 1);
+    /* a shared machine of 2 cores: 4 ranks time-share them, so each kernel
+    ** call's overhead doubles; 2 ranks run one thread each, so a profile
+    ** measured with 1 thread gives each rank its rates whole, one measured
+    ** with 2 threads half of them (everything but the overhead twice as long) */
+    ck_assert(hw.shared && hw.cores == 2);
+    ck_assert(close_rel(b.overhead_s, b.kernel_calls * 2 * hw.kernel_overhead_us * 1e-6, 1e-12));
+    set_layout(&c, 2, 1, 1, 1, 1, 1);
+    hw.threads = 1;
+    moe_cost_report t1 = step(&c, &hw, &o);
+    hw.threads = 2;
+    moe_cost_report t2 = step(&c, &hw, &o);
+    ck_assert(close_rel(t1.overhead_s, t1.kernel_calls * hw.kernel_overhead_us * 1e-6, 1e-12));
+    ck_assert(close_rel(t2.compute_s - t2.overhead_s, 2 * (t1.compute_s - t1.overhead_s), 1e-12));
+    ck_assert(close_rel(t2.mfu, t2.flops_per_token * t2.tokens_per_s / (hw.gemm_tflops * 1e12), 1e-12));
 }
 END_TEST
 
@@ -376,10 +508,17 @@ static const char *GOOD =
     "  value: 10\n"
     "  source: \"j\"\n"
     "inter_node_latency_us: {value: 8, source: \"k\"}\n"
-    "link_efficiency: {value: 0.9, source: \"l\"}\n";
+    "link_efficiency: {value: 0.9, source: \"l\"}\n"
+    "kernel_overhead_us: {value: 3, source: \"m\"}\n"
+    "elementwise_gbs: {value: 800, source: \"n\"}\n"
+    "softmax_gelems: {value: 1000, source: \"o\"}\n"
+    "cores: {value: 1, source: \"p\"}\n"
+    "threads: {value: 1, source: \"q\"}\n"
+    "oversubscribed_latency_us: {value: 30, source: \"r\"}\n";
 
-/* GOOD with the line starting with `key` replaced by `with` ("" drops it). */
-static moe_status load_variant(const char *key, const char *with, char *msg, size_t cap)
+/* GOOD with the line starting with `key` replaced by `with` ("" drops it),
+** loaded into *out when out is not NULL. */
+static moe_status load_variant_into(const char *key, const char *with, char *msg, size_t cap, moe_hwprofile *out)
 {
     char dir[512], path[600], text[4096] = "";
     tu_tmpdir(dir, sizeof dir, "hwprofile");
@@ -404,7 +543,14 @@ static moe_status load_variant(const char *key, const char *with, char *msg, siz
     moe_status st = moe_hwprofile_load(path, &hw);
     snprintf(msg, cap, "%s", moe_errmsg());
     moe_error_clear();
+    if (out && st == MOE_OK)
+        *out = hw;
     return st;
+}
+
+static moe_status load_variant(const char *key, const char *with, char *msg, size_t cap)
+{
+    return load_variant_into(key, with, msg, cap, NULL);
 }
 
 /* Writes this-machine.yaml plus `extra` to a temp file and loads it. */
@@ -488,21 +634,37 @@ START_TEST(test_profile_refusals)
         {"shared", "shared: {value: 0, source: \"g\"}\nflops: {value: 1, source: \"g\"}\n", "unknown key 'flops'"},
         {"inter_node_gbs", "inter_node_gbs: [10, 20]\n", "mapping with value and source"},
         {"link_efficiency", "link_efficiency: {value: 0.9, source: \"l\"\n", "malformed YAML"},
+        {"kernel_overhead_us", "", "missing key 'kernel_overhead_us'"},
+        {"elementwise_gbs", "", "missing key 'elementwise_gbs'"},
+        {"kernel_overhead_us", "kernel_overhead_us: 3\n", "kernel_overhead_us = 3 has no source"},
+        {"kernel_overhead_us", "kernel_overhead_us: {value: -1, source: \"x\"}\n", "kernel_overhead_us: -1 is out of range"},
+        {"kernel_overhead_us", "kernel_overhead_us: {value: 2e4, source: \"x\"}\n", "out of range [0, 10000]"},
+        {"elementwise_gbs", "elementwise_gbs: {value: 0, source: \"x\"}\n", "elementwise_gbs: 0 is out of range"},
+        {"elementwise_gbs", "elementwise_gbs: {value: fast, source: \"x\"}\n", "elementwise_gbs: 'fast' is not a number"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         moe_status st = load_variant(cases[i].key, cases[i].with, msg, sizeof msg);
         ck_assert_msg(st == MOE_ERR_USAGE, "case %zu accepted", i);
         ck_assert_msg(strstr(msg, cases[i].expect), "case %zu: '%s' lacks '%s'", i, msg, cases[i].expect);
     }
+    moe_hwprofile g;
+    ck_assert_int_eq(load_variant_into(NULL, "", msg, sizeof msg, &g), MOE_OK);
+    ck_assert(g.kernel_overhead_us == 3 && g.elementwise_gbs == 800);
+    ck_assert_str_eq(g.source[MOE_HW_KERNEL_OVERHEAD_US], "m");
+    ck_assert_int_eq(load_variant_into("kernel_overhead_us", "kernel_overhead_us: {value: 0, source: \"x\"}\n", msg,
+                                       sizeof msg, &g), MOE_OK);
+    ck_assert(g.kernel_overhead_us == 0);
     /* the shipped profiles load, and every field has a source */
-    const char *names[] = {"this-machine.yaml", "h100-sxm.yaml", "a100-sxm.yaml", "h800.yaml"};
-    for (int i = 0; i < 4; i++) {
+    const char *names[] = {"this-machine.yaml", "h100-sxm.yaml", "a100-sxm.yaml", "h800.yaml",
+                           "this-machine-calibrated.yaml", "this-machine-calibrated-1t.yaml"};
+    for (int i = 0; i < 6; i++) {
         moe_hwprofile hw = load_hw(names[i]);
         for (int k = 0; k < MOE_HW_NFIELDS; k++)
             ck_assert_msg(strlen(hw.source[k]) > 10, "%s: %s", names[i], moe_hw_field_key((moe_hw_field)k));
     }
     moe_hwprofile h = load_hw("h100-sxm.yaml");
     ck_assert(h.gemm_tflops == 989 && h.mem_bw_gbs == 3350 && h.intra_gbs == 450 && h.inter_gbs == 50);
+    ck_assert(h.kernel_overhead_us == 5 && h.elementwise_gbs == 3350);
     ck_assert_int_eq(moe_hwprofile_dtype_bytes(&h), 2);
 }
 END_TEST
@@ -579,6 +741,7 @@ int main(void)
     tcase_add_test(tc, test_pipeline_against_pp_schedule);
     tcase_add_test(tc, test_links_and_volumes);
     tcase_add_test(tc, test_moe_layer_fwd);
+    tcase_add_test(tc, test_kernel_terms);
     tcase_add_test(tc, test_profile_refusals);
     tcase_add_test(tc, test_gemm_efficiency_table);
     tcase_add_test(tc, test_cli);
