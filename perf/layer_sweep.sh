@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 point() { # label, flags... (HOSTS_AT=N for another host count)
   local label=$1; shift
   local line
-  line=$(build/bin/moe bench layer --hosts "${HOSTS_AT:-$HOSTS}" --iters "$ITERS" --json "$@" 2>/dev/null | tail -n 1)
+  line=$(build/bin/moe bench layer --hosts "${HOSTS_AT:-$HOSTS}" --iters "$ITERS" --json "$@" 2>/dev/null | tail -n 1) || true
   [ -n "$line" ] || { echo "layer_sweep: no result for $label ($*)" >&2; return 0; }
   printf '%s\n' "${line%\}}, \"label\": \"$label\"}" >> "$OUT/sweep.jsonl"
   echo "$label done" >&2
