@@ -7,6 +7,7 @@
 #   (defaults: 4 1gbit 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -f data/kjv/train_000.tok ] || { echo "emu_train.sh: data/kjv is missing (scripts/main or perf/reproduce prepares it)" >&2; exit 2; }
 HOSTS=${1:-4}
 RATE=${2:-1gbit}
 STEPS=${3:-16}

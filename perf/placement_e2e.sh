@@ -14,6 +14,7 @@
 #   perf/placement_e2e.sh [HOSTS] [RATE] [STEPS] [EXPERTS] [REPS] [REPLICAS]   (defaults 4 1gbit 20 16 3 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -f data/kjv/train_000.tok ] || { echo "placement_e2e.sh: data/kjv is missing (scripts/main or perf/reproduce prepares it)" >&2; exit 2; }
 HOSTS=${1:-4}
 RATE=${2:-1gbit}
 STEPS=${3:-20}
