@@ -616,8 +616,12 @@ int moe_bench_calibrate(int argc, char **argv)
         load[strcspn(load, "\n")] = 0;
         fclose(la);
     }
+    const char *shown = base.path; /* the shipped profile names its base inside the tree, not this checkout's path */
+    size_t root = strlen(MOE_SRC_DIR);
+    if (strncmp(shown, MOE_SRC_DIR, root) == 0 && shown[root] == '/')
+        shown += root + 1;
     fprintf(f, "# written by `moe bench calibrate%s` on %s (%d of %d cores, load average %s at the end); keys not "
-            "measured come from %s\n", threads > 0 ? " --threads N" : "", date, cores, ncores, load, base.path);
+            "measured come from %s\n", threads > 0 ? " --threads N" : "", date, cores, ncores, load, shown);
     if (cores < ncores)
         fprintf(f, "name: %s-calibrated-%dt\n", base.name, cores);
     else
