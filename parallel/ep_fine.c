@@ -179,7 +179,8 @@ static moe_status fine_progress(const moe_ep_pass *a, fine_state *f, int *finish
             MOE_TRY(moe_test(&f->in[u], &ok));
             if (ok) {
                 atomic_store_explicit(&f->arrived[u], 1, memory_order_release);
-                event(a, "arrived", u, moe_now(), moe_now());
+                double t = moe_now();
+                event(a, "arrived", u, t, t);
             }
         }
         if (!f->sent[u] && atomic_load_explicit(&f->done[u], memory_order_acquire)) {
@@ -191,7 +192,8 @@ static moe_status fine_progress(const moe_ep_pass *a, fine_state *f, int *finish
                                   EP_FINE_TAG + EP_FINE_RESULTS + u % f->k, &f->ret[u]));
             }
             f->sent[u] = 1;
-            event(a, "sent", u, moe_now(), moe_now());
+            double t = moe_now();
+            event(a, "sent", u, t, t);
         }
         if (f->out[u])
             MOE_TRY(moe_test(&f->out[u], &ok));

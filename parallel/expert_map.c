@@ -40,24 +40,12 @@ moe_status moe_expert_map_contiguous(moe_expert_map *m, int E, int ep_size, int 
     if (ep_size < 1 || E % ep_size != 0)
         return moe_fail(MOE_ERR_USAGE, "num-experts (%d) must be divisible by expert-model-parallel-size (%d)",
                         E, ep_size);
-    int El = E / ep_size;
-    int *ranks = NULL, *one = NULL;
-    double *share = NULL;
-    moe_status st = moe_alloc((void **)&ranks, sizeof(int) * (size_t)E, "expert map");
-    if (st == MOE_OK)
-        st = moe_alloc((void **)&one, sizeof(int) * (size_t)E, "expert map");
-    if (st == MOE_OK)
-        st = moe_alloc((void **)&share, sizeof(double) * (size_t)E, "expert map");
-    for (int e = 0; st == MOE_OK && e < E; e++) {
-        ranks[e] = e / El;
-        one[e] = 1;
-        share[e] = 1.0;
-    }
-    if (st == MOE_OK)
-        st = moe_expert_map_from_copies(m, E, ep_size, ep_rank, El, one, ranks, share, 1);
+    int *ranks = NULL;
+    MOE_TRY(moe_alloc((void **)&ranks, sizeof(int) * (size_t)E, "expert map"));
+    for (int e = 0; e < E; e++)
+        ranks[e] = e / (E / ep_size);
+    moe_status st = moe_expert_map_from_ranks(m, E, ep_size, ep_rank, ranks);
     moe_free(ranks);
-    moe_free(one);
-    moe_free(share);
     return st;
 }
 
