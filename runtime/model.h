@@ -171,9 +171,11 @@ moe_status moe_model_forward(moe_model *m, const int32_t *inputs, const int32_t 
 ** scales (see above). */
 moe_status moe_model_backward(moe_model *m, float lm_scale, float aux_scale);
 
-/* With sync on, the next backward starts summing each layer's gradients over
-** the data-parallel groups (dp_cp for non-expert, edp for expert tensors) as
-** soon as that layer's backward is done, overlapping the rest of backward.
+/* With sync on, the next backward sums each layer's gradients over the
+** data-parallel groups (dp_cp for non-expert, edp for expert tensors) as
+** soon as that layer's backward is done: non-blocking all-reduces that
+** overlap the rest of backward with cfg.overlap_grad_reduce when tp, cp, ep
+** or etp > 1 (their traffic advances them), else blocking ones.
 ** moe_model_finish_grad_sync waits for all of it. Use it on the last
 ** micro-batch of a step. Without parallel groups both are no-ops. */
 void moe_model_set_grad_sync(moe_model *m, int on);

@@ -3,10 +3,17 @@
 ** backward still runs. Non-expert tensors are summed over dp_cp, expert
 ** tensors over edp (their replicas: the ranks holding the same experts), and
 ** replicated tensors whose tp ranks saw different tokens (MOE_GRAD_TP_DP)
-** over tp_dp_cp. Adjacent tensors of the same kind go as one non-blocking
-** all-reduce: the flat gradient buffer keeps a layer's tensors next to each
-** other, so a layer costs a handful of messages. Gradients are summed, not
-** averaged: the loss is already scaled by the global batch (see model.h).
+** over tp_dp_cp. Adjacent tensors of the same kind go as one all-reduce:
+** the flat gradient buffer keeps a layer's tensors next to each other, so a
+** layer costs a handful of messages. They are non-blocking, and
+** overlap the rest of backward, only with overlap-grad-reduce and when the
+** backward itself communicates (tp, cp, ep or etp > 1): Open MPI advances a
+** non-blocking collective only inside MPI calls, and over TCP its
+** non-blocking all-reduce moves bytes at about half the blocking one's rate
+** (docs/performance.md). With nothing to advance them they would all run in
+** the final wait at that rate, so they are blocking then, where they would
+** have been launched. Gradients are summed, not averaged: the loss is
+** already scaled by the global batch (see model.h).
 ** The copies of a replicated expert sum theirs once the step's backward is
 ** done (moe_model_sum_expert_copies).
 */
@@ -15,6 +22,15 @@
 static moe_comm *group_for(const moe_model *m, moe_grad_kind k)
 {
     return k == MOE_GRAD_EXPERT ? m->par.edp : k == MOE_GRAD_TP_DP ? m->par.tp_dp_cp : m->par.dp_cp;
+}
+
+static int size_above_1(const moe_comm *c) { return c && moe_comm_size(c) > 1; }
+
+static int overlap_sync(const moe_model *m)
+{
+    const moe_model_par *p = &m->par;
+    return m->cfg.overlap_grad_reduce &&
+           (size_above_1(p->tp) || size_above_1(p->cp) || size_above_1(p->ep) || size_above_1(p->etp));
 }
 
 moe_status moe_model_sync_tensors(moe_model *m, int first, int count)
@@ -32,8 +48,10 @@ moe_status moe_model_sync_tensors(moe_model *m, int first, int count)
                 return moe_fail(MOE_ERR_INTERNAL, "too many gradient reductions in flight");
             size_t off = m->table[i].offset;
             size_t n = m->table[j].offset + m->table[j].numel - off;
-            MOE_TRY(moe_iallreduce(c, m->grads + off, n, MOE_DT_F32, MOE_OP_SUM, &m->sync_reqs[m->nsync]));
-            m->nsync++;
+            if (overlap_sync(m))
+                MOE_TRY(moe_iallreduce(c, m->grads + off, n, MOE_DT_F32, MOE_OP_SUM, &m->sync_reqs[m->nsync++]));
+            else
+                MOE_TRY(moe_allreduce(c, m->grads + off, n, MOE_DT_F32, MOE_OP_SUM));
         }
         i = j + 1;
     }

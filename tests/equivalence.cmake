@@ -3,6 +3,10 @@ moe_mpi_test(mpi_equiv_dp2 2 mpi_equivalence --ep 1)
 moe_mpi_test(mpi_equiv_ep2 2 mpi_equivalence --ep 2)
 moe_mpi_test(mpi_equiv_ep4 4 mpi_equivalence --ep 4)
 moe_mpi_test(mpi_equiv_ep2_dp2 4 mpi_equivalence --ep 2)
+# Gradient sums: blocking all-reduces with EP (the default there: non-blocking,
+# overlapped), and a pipeline with DP, whose backward makes no MPI call (blocking).
+moe_mpi_test(mpi_equiv_ep2_dp2_blocking_grad_reduce 4 mpi_equivalence --ep 2 --no-overlap-grad-reduce)
+moe_mpi_test(mpi_equiv_pp2_dp2 4 mpi_equivalence --pp 2 --layers 4)
 moe_mpi_test(mpi_equiv_ep4_8experts 4 mpi_equivalence --ep 4 --experts 8)
 moe_mpi_test(mpi_equiv_ep2_starved 2 mpi_equivalence --ep 2 --starve)
 moe_mpi_test(mpi_equiv_ep2_capacity 2 mpi_equivalence --ep 2 --capacity 0.6)

@@ -122,6 +122,9 @@ const moe_cfg_key moe_cfg_keys[] = {
     BOOL("sequence-parallel", sequence_parallel, "false", "shard activations outside TP regions along the sequence"),
     BOOL("use-distributed-optimizer", use_distributed_optimizer, "false",
          "shard optimizer state across data-parallel ranks"),
+    BOOL("overlap-grad-reduce", overlap_grad_reduce, "true",
+         "sum gradients during backward with non-blocking all-reduces where tp, cp, ep or etp > 1 (their "
+         "traffic advances them); else, or with --no-overlap-grad-reduce, blocking ones"),
     ENUM("moe-overlap", moe_overlap, overlap_modes, "none",
          "overlap expert all-to-all with compute: none, coarse (expert chunks), fine (per source, on arrival)"),
     STR("trace-routing", trace_routing, "", "record routing (tokens per expert per rank, layer transitions) here"),

@@ -89,6 +89,7 @@ typedef struct {
     int expert_tensor_parallel_size;
     int sequence_parallel;
     int use_distributed_optimizer;
+    int overlap_grad_reduce;      /* 1: non-blocking DP all-reduces where backward communicates; 0: blocking */
     int moe_overlap;              /* 0 none, 1 coarse, 2 fine */
     char trace_routing[MOE_PATH_MAX]; /* RoutingTrace file to record; "" = off */
     int trace_window;             /* training steps per trace window */

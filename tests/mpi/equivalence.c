@@ -41,7 +41,7 @@
 #include "runtime/train_ckpt.h"
 #include "runtime/world.h"
 
-static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute, g_replicate;
+static int g_ep = 1, g_experts = 4, g_starve, g_steps = 10, g_distopt, g_permute, g_replicate, g_blocking;
 static int g_tp = 1, g_sp, g_cp = 1, g_etp = 1, g_ckpt, g_pp = 1, g_layers = 2, g_untie, g_overlap, g_vpl, g_first, g_last;
 static double g_capacity;
 static moe_comm *g_world;
@@ -449,6 +449,7 @@ START_TEST(parallel_matches_single_rank)
     int W = moe_comm_size(g_world);
     moe_config cfg = make_config(W);
     cfg.use_distributed_optimizer = g_distopt;
+    cfg.overlap_grad_reduce = !g_blocking;
     char plan_path[256] = "";
     if (g_permute) {
         ck_assert_int_eq(moe_config_validate(&cfg), MOE_OK); /* resolves the MoE layers */
@@ -521,9 +522,11 @@ START_TEST(parallel_matches_single_rank)
             ck_assert(rr.load_imbalance >= 2.0 - 1e-9); /* half the experts carry everything */
     }
     if (moe_comm_rank(g_world) == 0)
-        printf("W=%d PP=%d TP=%d%s CP=%d DP=%d | ETP=%d EP=%d EDP=%d, experts=%d%s%s: %d steps match the single-rank run\n",
+        printf("W=%d PP=%d TP=%d%s CP=%d DP=%d | ETP=%d EP=%d EDP=%d, experts=%d%s%s%s: %d steps match the single-rank "
+               "run\n",
                W, w.layout.pp, w.layout.tp, g_sp ? " (SP)" : "", w.layout.cp, w.layout.dp, w.layout.etp, w.layout.ep,
                w.layout.edp, cfg.num_experts, g_distopt ? " (distributed optimizer)" : "",
+               g_blocking ? " (blocking gradient all-reduces)" : "",
                g_replicate ? " (replicated placement plan)" : g_permute ? " (permuted placement plan)" : "", g_steps);
     if (g_ckpt)
         checkpoints_round_trip(par, &w, &cfg, &single);
@@ -566,6 +569,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--ckpt") == 0) g_ckpt = 1;
         else if (strcmp(argv[i], "--starve") == 0) g_starve = 1;
         else if (strcmp(argv[i], "--distopt") == 0) g_distopt = 1;
+        else if (strcmp(argv[i], "--no-overlap-grad-reduce") == 0) g_blocking = 1;
         else if (strcmp(argv[i], "--placement-permute") == 0) g_permute = 1;
         else if (strcmp(argv[i], "--placement-replicate") == 0) g_permute = g_replicate = 1;
     }
