@@ -243,6 +243,9 @@ int moe_bench_run(int argc, char **argv)
         return run_bench_layer(argc, argv, dir, bench);
     char *args[argc + 16];
     int n = 0, mpi = argc > 0 && strcmp(argv[0], "a2a") == 0;
+    for (int i = 1; mpi && i < argc; i++) /* the usage, once, without ranks */
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            mpi = 0;
     for (int i = 0; mpi && i + 1 < argc; i++)
         if (strcmp(argv[i], "--nproc") == 0)
             snprintf(np, sizeof np, "%s", argv[++i]);

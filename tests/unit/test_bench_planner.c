@@ -208,6 +208,19 @@ START_TEST(test_refused)
 }
 END_TEST
 
+/* moe bench a2a's usage comes once, without starting ranks; a bad flag says which */
+START_TEST(test_a2a_usage)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s bench a2a --help", tu_bin("moe"));
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    const char *first = strstr(out, "usage: moe bench a2a");
+    ck_assert_msg(first && !strstr(first + 1, "usage: moe bench a2a"), "%s", out);
+    snprintf(cmd, sizeof cmd, "%s-bench a2a --tokens", tu_bin("moe"));
+    ck_assert_msg(tu_run(cmd, out, sizeof out) == 2 && strstr(out, "bad argument '--tokens'"), "%s", out);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("bench_planner");
@@ -217,6 +230,7 @@ int main(void)
     tcase_add_test(tc, test_traffic_recomputed);
     tcase_add_test(tc, test_replicas_and_text);
     tcase_add_test(tc, test_refused);
+    tcase_add_test(tc, test_a2a_usage);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
