@@ -11,6 +11,8 @@
 
 #include "planner/costmodel.h"
 #include "planner/hwprofile.h"
+#include "planner/placement.h"
+#include "planner/trace.h"
 #include "runtime/base/config.h"
 #include "runtime/base/status.h"
 
@@ -36,6 +38,10 @@ static const char *USAGE =
     "  --dp-hidden F          fraction of the last backward the grad sync hides behind  default bf16 1, fp32 0\n"
     "  --tp-hidden F          fraction of TP comm hidden                             default 0\n"
     "  --imbalance F          max/mean expert load (1 = uniform routing)             default 1\n"
+    "  --routing-trace FILE   the expert load from a routing trace (moe train --trace-routing, best with\n"
+    "                         --trace-window 1): each layout's max/mean rank load, contiguous experts or\n"
+    "                         the config's --expert-placement plan where its EP size matches\n"
+    "  --trace-from-step N    only the trace windows from step N (skips warm-up)        default 0\n"
     "  --mem-usable F         fraction of device memory a run may use              default 0.9\n"
     "  --param-gather-overlap the distributed optimizer's all-gather hides behind forward\n"
     "  --all                  also list the layouts the runtime would refuse, with why\n"
@@ -57,6 +63,9 @@ typedef struct {
     int npass;
     char *pass[MAX_PASS]; /* config flags for moe_config_parse_args */
     const char *config;
+    const char *trace;     /* --routing-trace */
+    int trace_from_step;
+    double *ep_imbalance;  /* [experts + 1] from the trace, owned */
 } options;
 
 // ----------------------------------------------------------------------------
@@ -76,9 +85,10 @@ static moe_status add_pass(options *o, char *s)
 static int *size_flag(options *o, const char *a, const char **name)
 {
     static const char *N[] = {"--world", "--top", "--tp", "--cp", "--pp", "--ep", "--etp", "--vpp",
-                              "--ranks-per-node", "--global-batch", "--micro-batch"};
-    int *P[] = {&o->world, &o->top, &o->filter.tp, &o->filter.cp, &o->filter.pp, &o->filter.ep, &o->filter.etp,
-                &o->opts.vpp, &o->opts.ranks_per_node, &o->global_batch, &o->micro_batch};
+                              "--ranks-per-node", "--global-batch", "--micro-batch", "--trace-from-step"};
+    int *P[] = {&o->world,          &o->top,          &o->filter.tp, &o->filter.cp, &o->filter.pp,
+                &o->filter.ep,      &o->filter.etp,   &o->opts.vpp,  &o->opts.ranks_per_node,
+                &o->global_batch,   &o->micro_batch,  &o->trace_from_step};
     for (size_t k = 0; k < sizeof N / sizeof N[0]; k++)
         if (moe_arg_is(a, N[k])) {
             *name = N[k];
@@ -121,6 +131,8 @@ static moe_status parse_args(int argc, char **argv, options *o)
             o->opts.param_gather_overlap = 1;
         else if (moe_arg_is(a, "--hw") || moe_arg_is(a, "--hardware"))
             MOE_TRY(moe_arg_value(argc, argv, &i, moe_arg_is(a, "--hw") ? "--hw" : "--hardware", &o->hw));
+        else if (moe_arg_is(a, "--routing-trace"))
+            MOE_TRY(moe_arg_value(argc, argv, &i, "--routing-trace", &o->trace));
         else if (moe_arg_is(a, "--hw-dir"))
             MOE_TRY(moe_arg_value(argc, argv, &i, "--hw-dir", &o->hw_dir));
         else if (moe_arg_is(a, "--config") || moe_arg_is(a, "--model"))
@@ -137,7 +149,7 @@ static moe_status parse_args(int argc, char **argv, options *o)
             o->opts.precision = strcmp(v, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32;
         } else if ((ip = size_flag(o, a, &name))) {
             MOE_TRY(moe_arg_value(argc, argv, &i, name, &v));
-            MOE_TRY(moe_arg_int(name, v, strcmp(name, "--top") == 0 ? 0 : 1, ip));
+            MOE_TRY(moe_arg_int(name, v, strcmp(name, "--top") && strcmp(name, "--trace-from-step") ? 1 : 0, ip));
         } else if ((dp = real_flag(o, a, &name, &lo))) {
             MOE_TRY(moe_arg_value(argc, argv, &i, name, &v));
             MOE_TRY(moe_arg_real(name, v, lo, lo == 1 ? 1e6 : 1, dp));
@@ -156,6 +168,8 @@ static moe_status parse_args(int argc, char **argv, options *o)
         return moe_fail(MOE_ERR_USAGE, "--hw PROFILE.yaml is required");
     if (o->world < 1)
         return moe_fail(MOE_ERR_USAGE, "--world W is required");
+    if (o->trace && o->opts.expert_imbalance != 1)
+        return moe_fail(MOE_ERR_USAGE, "--imbalance and --routing-trace both set the expert load: give one");
     return MOE_OK;
 }
 
@@ -187,15 +201,50 @@ static moe_status load_config(const options *o, moe_config *c)
     return MOE_OK;
 }
 
+/* Each EP size's expert load imbalance from --routing-trace: contiguous
+** experts, or the config's expert-placement plan for its own EP size. */
+static moe_status trace_imbalance(options *o, const moe_config *c)
+{
+    int moe_layers = 0, E = c->num_experts;
+    for (int l = 0; l < c->num_layers; l++)
+        moe_layers += c->moe_layer_is_moe[l] != 0;
+    moe_trace t = {0};
+    moe_plan plan = {0};
+    int have_plan = 0;
+    MOE_TRY(moe_trace_read(o->trace, &t));
+    moe_status st = MOE_OK;
+    if (t.layers != moe_layers || t.experts != E || t.topk != c->moe_router_topk)
+        st = moe_fail(MOE_ERR_USAGE,
+                      "--routing-trace %s: %d MoE layers, %d experts, top-%d; the config has %d, %d, top-%d",
+                      o->trace, t.layers, t.experts, t.topk, moe_layers, E, c->moe_router_topk);
+    if (st == MOE_OK && c->expert_placement[0]) {
+        st = moe_plan_read(c->expert_placement, &plan);
+        have_plan = st == MOE_OK;
+    }
+    if (st == MOE_OK && !(o->ep_imbalance = calloc((size_t)E + 1, sizeof *o->ep_imbalance)))
+        st = moe_fail(MOE_ERR_NOMEM, "imbalance table of %d experts", E);
+    for (int ep = 1; st == MOE_OK && ep <= E; ep++)
+        if (E % ep == 0)
+            st = moe_plan_trace_imbalance(&t, have_plan && plan.ep == ep ? &plan : NULL, ep, o->trace_from_step,
+                                          &o->ep_imbalance[ep]);
+    if (st == MOE_OK)
+        o->opts.ep_imbalance = o->ep_imbalance, o->opts.ep_imbalance_n = E + 1;
+    if (have_plan)
+        moe_plan_free(&plan);
+    moe_trace_free(&t);
+    return st;
+}
+
 // ----------------------------------------------------------------------------
 // output: text
 
 static const char *const DIM[MOE_COMM_N] = {"tp", "cp", "ep", "etp", "pp", "dp"};
 #define GIB 1073741824.0
 
-static void print_assumptions(FILE *f, const moe_cost_opts *o, const moe_cost_report *r, const moe_hwprofile *hw,
+static void print_assumptions(FILE *f, const options *op, const moe_cost_report *r, const moe_hwprofile *hw,
                               const moe_config *c)
 {
+    const moe_cost_opts *o = &op->opts;
     fprintf(f, "  assumptions: %s training, GEMM efficiency %.2f, link efficiency %.2f, %d ranks per node,\n",
             r->precision == MOE_PREC_BF16 ? "bf16 mixed-precision" : "fp32", r->gemm_efficiency,
             r->link_efficiency, o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node);
@@ -206,8 +255,15 @@ static void print_assumptions(FILE *f, const moe_cost_opts *o, const moe_cost_re
     fprintf(f, "    backward, TP comm %.0f%% hidden, distributed optimizer %s, parameter all-gather %s, vpp %d,\n",
             100 * o->tp_hidden, c->use_distributed_optimizer ? "on" : "off",
             o->param_gather_overlap ? "overlapped" : "exposed", o->vpp);
-    fprintf(f, "    expert load max/mean %.2f, %.0f%% of device memory usable\n", o->expert_imbalance,
-            100 * o->mem_usable);
+    if (op->trace)
+        fprintf(f, "    expert load max/mean %.2f for the first layout (each layout's from the routing trace %s,\n"
+                   "    windows from step %d, %s), %.0f%% of device memory usable\n",
+                r->expert_imbalance, op->trace, op->trace_from_step,
+                c->expert_placement[0] ? "the config's placement at its EP size, else contiguous" : "contiguous",
+                100 * o->mem_usable);
+    else
+        fprintf(f, "    expert load max/mean %.2f, %.0f%% of device memory usable\n", o->expert_imbalance,
+                100 * o->mem_usable);
 }
 
 static void print_row(FILE *f, int rank, const moe_cost_layout *e)
@@ -289,7 +345,7 @@ static void print_text(FILE *f, const options *o, const moe_config *c, const moe
             c->num_layers, moe_layers, c->hidden_size, c->num_experts, c->moe_router_topk, c->vocab_size, total / 1e9,
             active / 1e9, moe_flops_per_token(c) / 1e9);
     if (k.fit + k.nofit > 0)
-        print_assumptions(f, &o->opts, &t[0].r, hw, c);
+        print_assumptions(f, o, &t[0].r, hw, c);
     fprintf(f, "  layouts: %d considered: %d fit, %d do not fit memory, %d refused by the runtime's checks%s\n\n", n,
             k.fit, k.nofit, k.invalid, k.invalid && !o->all ? " (--all lists them)" : "");
     int top = o->top > 0 ? o->top : n;
@@ -326,9 +382,11 @@ static void json_layout(FILE *f, const moe_cost_layout *e)
     const moe_cost_report *r = &e->r;
     fprintf(f,
             "{\"tp\":%d,\"cp\":%d,\"pp\":%d,\"ep\":%d,\"etp\":%d,\"dp\":%d,\"edp\":%d,\"sp\":%s,\"vpp\":%d,"
-            "\"micro_batches\":%d,\"step_ms\":%.6g,\"tokens_per_s\":%.6g,\"mfu\":%.6g,\"mem_gib\":%.6g,\"fits\":%s,",
+            "\"micro_batches\":%d,\"step_ms\":%.6g,\"tokens_per_s\":%.6g,\"mfu\":%.6g,\"mem_gib\":%.6g,\"fits\":%s,"
+            "\"expert_imbalance\":%.6g,",
             e->tp, e->cp, e->pp, e->ep, e->etp, r->dp, r->edp, e->sp ? "true" : "false", r->vpp, r->micro_batches,
-            1e3 * r->step_s, r->tokens_per_s, r->mfu, r->mem_total / GIB, r->fits ? "true" : "false");
+            1e3 * r->step_s, r->tokens_per_s, r->mfu, r->mem_total / GIB, r->fits ? "true" : "false",
+            r->expert_imbalance);
     fprintf(f, "\"compute_ms\":%.6g,\"bubble_ms\":%.6g,\"bubble_fraction\":%.6g,\"optimizer_ms\":%.6g,",
             1e3 * r->compute_s, 1e3 * r->bubble_s, r->bubble_fraction, 1e3 * r->optimizer_s);
     fprintf(f, "\"fwd_microbatch_ms\":%.6g,\"bwd_microbatch_ms\":%.6g,", 1e3 * r->fwd_mb_s, 1e3 * r->bwd_mb_s);
@@ -384,6 +442,12 @@ static void print_json(FILE *f, const options *o, const moe_config *c, const moe
             p->ranks_per_node > 0 ? p->ranks_per_node : hw->ranks_per_node, p->dp_hidden, p->tp_hidden, p->ep_hidden,
             p->param_gather_overlap ? "true" : "false", p->vpp, p->expert_imbalance, p->mem_usable,
             c->use_distributed_optimizer ? "true" : "false");
+    fputs("\"routing_trace\":", f);
+    if (o->trace) {
+        moe_json_string(f, o->trace);
+        fprintf(f, ",\"trace_from_step\":%d,", o->trace_from_step);
+    } else
+        fputs("null,", f);
     int top = o->top > 0 ? o->top : n;
     fputs("\"layouts\":[", f);
     for (int i = 0; i < k.fit && i < top; i++) {
@@ -593,6 +657,8 @@ static moe_status run(int argc, char **argv)
             st = load_config(&o, c);
         if (st == MOE_OK)
             st = moe_hwprofile_load(o.hw, hw);
+        if (st == MOE_OK && o.trace)
+            st = trace_imbalance(&o, c);
         if (st == MOE_OK)
             st = moe_costmodel_search(c, o.world, hw, &o.opts, &o.filter, &t, &n);
         if (st == MOE_OK && n == 0)
@@ -603,7 +669,7 @@ static moe_status run(int argc, char **argv)
             else
                 print_text(stdout, &o, c, hw, t, n);
         }
-        free(t), free(c), free(hw);
+        free(t), free(c), free(hw), free(o.ep_imbalance);
         if (st != MOE_OK) {
             moe_trace_frame(__FILE__, __LINE__);
             return st;

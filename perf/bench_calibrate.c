@@ -655,6 +655,7 @@ int moe_bench_calibrate(int argc, char **argv)
     put_num(f, "intra_node_latency_us", a2a_us, src);
     put_base(f, &base, MOE_HW_INTER_GBS, base.inter_gbs, NULL);
     put_base(f, &base, MOE_HW_INTER_LAT_US, base.inter_lat_us, NULL);
+    put_base(f, &base, MOE_HW_INTER_BURST_KB, base.inter_burst_kb, NULL);
     put_base(f, &base, MOE_HW_LINK_EFFICIENCY, base.link_efficiency, NULL);
     snprintf(src, sizeof src,
              "measured by moe bench calibrate on %s: median call of the runtime's kernels on the least input (1x1x1 "

@@ -7,7 +7,10 @@
 # layout, measured ms, predicted ms, error % and whether it is within 20%,
 # and at the end the same as the markdown table of docs/perf-model.md.
 # Nothing is tuned per row: every prediction uses the one profile of its
-# column.
+# column. The rows with EP > 1 record their routing (--trace-routing,
+# --trace-window 1, the first run's) and the prediction reads it
+# (--routing-trace, windows after the warm-up): the busiest expert rank's
+# load is an input of the model, like the layout, not a timing.
 #   perf/validate_model.sh [STEPS] [WARMUP]          (defaults 8 3)
 #   env: HW     the columns, space separated; each a profile, or A+B: of the
 #               profiles A and B the one whose `threads` equals the threads
@@ -21,7 +24,7 @@
 #               emulated hosts (scripts/emu/emu.sh, root only), skipped with EMU=0
 #        ONLY   a regular expression: only the layouts whose name matches
 #        MEASURED  a results file of an earlier run (layout<TAB>ms lines): reuse
-#               its measurements and only predict
+#               its measurements (and the routing traces next to it) and only predict
 # Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir,
 # printed) with the 1-minute load average before each layout's runs.
 # Timings depend on an otherwise idle machine: the load is printed with each
@@ -45,6 +48,8 @@ if [ -z "${HW:-}" ]; then
 fi
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
+TRACES=$OUT
+[ -n "${MEASURED:-}" ] && TRACES=$(dirname "$MEASURED")
 PREFIX=mval$(( $$ % 100000 ))v
 EMU_SH="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
 emu_up=0
@@ -84,6 +89,7 @@ measure_once() { # name cfg world "tp cp pp ep etp" "micro global" emu run -> ms
   read -r mb gb <<<"$5"
   local sp=(); [ "$tp" -gt 1 ] && sp=(--sequence-parallel)
   local dir="$OUT/run-$(echo "$name" | tr ' ' '_')-$run"
+  [ "$ep" -gt 1 ] && [ "$run" = 1 ] && sp+=(--trace-routing "$(trace_of "$OUT" "$name")" --trace-window 1)
   local args=(--config "$cfg" --data-path data/kjv --train-iters "$((WARMUP + STEPS))" --eval-interval 0
               --save-interval 0 --log-interval 1000 --nproc "$world" --tensor-model-parallel-size "$tp"
               --context-parallel-size "$cp" --pipeline-model-parallel-size "$pp" --expert-model-parallel-size "$ep"
@@ -100,6 +106,10 @@ measure_once() { # name cfg world "tp cp pp ep etp" "micro global" emu run -> ms
 measure() { # the median over REPEAT runs
   local r
   for ((r = 1; r <= REPEAT; r++)); do measure_once "$@" "$r"; done | grep -v nan | median
+}
+
+trace_of() { # dir name -> the routing trace of the layout's first run
+  echo "$1/trace-$(echo "$2" | tr ' ' '_').pb"
 }
 
 profile_value() { # file key -> value
@@ -120,14 +130,17 @@ pick_profile() { # "A+B" world emu -> the profile whose threads match the row's 
   echo "${cand[0]}"
 }
 
-predict() { # hw cfg world "tp cp pp ep etp" "micro global" emu -> ms
-  local hw=$1 cfg=$2 world=$3 emu=$6 tp cp pp ep etp mb gb
+predict() { # hw name cfg world "tp cp pp ep etp" "micro global" emu -> ms
+  local hw=$1 name=$2 cfg=$3 world=$4 emu=$7 tp cp pp ep etp mb gb
+  shift
   read -r tp cp pp ep etp <<<"$4"
   read -r mb gb <<<"$5"
   hw=$(pick_profile "$hw" "$world" "$emu")
   local sp=off; [ "$tp" -gt 1 ] && sp=on
-  local extra=()
+  local extra=() trace
   [ "$emu" = 1 ] && extra=(--ranks-per-node 1)
+  trace=$(trace_of "$TRACES" "$name")
+  [ -f "$trace" ] && extra+=(--routing-trace "$trace" --trace-from-step "$WARMUP")
   "$MOE" plan parallel --config "$cfg" --world "$world" --hw "$hw" --tp "$tp" --cp "$cp" --pp "$pp" --ep "$ep" \
     --etp "$etp" --sp "$sp" --micro-batch "$mb" --global-batch "$gb" "${extra[@]}" --json 2>/dev/null |
     python3 -c 'import json,sys; d=json.load(sys.stdin); l=d["layouts"]+d.get("refused",[]); print("%.3f" % l[0]["step_ms"] if l else "nan")' ||
@@ -167,7 +180,7 @@ for row in "${LAYOUTS[@]}"; do
   mdl="| $name | $ms | $ld |"
   i=0
   for hw in $HW; do
-    p=$(predict "$hw" "$cfg" "$world" "$sizes" "$batch" "$emu")
+    p=$(predict "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
     read -r err ok <<<"$(awk -v m="$ms" -v p="$p" 'BEGIN { if (m == "nan" || p == "nan" || m == "" || m == 0) print "nan no";
       else { e = 100 * (p - m) / m; print sprintf("%+.0f%%", e), (e <= 20 && e >= -20) ? "yes" : "no" } }')"
     line+=$(printf " | %9s %8s %4s      " "$p" "$err" "$ok")

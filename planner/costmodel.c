@@ -50,6 +50,7 @@ typedef struct {
     double kern;        /* s: fixed cost of one kernel call */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
     double intra_lat, inter_lat; /* s */
+    double inter_burst; /* bytes a token-bucket inter-node link passes at once */
     double w;           /* bytes per activation / weight element */
 } machine;
 
@@ -142,6 +143,7 @@ typedef struct {
     double ntok; /* tokens of a micro-batch on one attention rank (b T / CP) */
     double own;  /* tokens a rank routes (ntok / TP) */
     double rows; /* routed rows on one expert rank (ETP own K, times the imbalance) */
+    double imbalance;
     double srow; /* rows of the hidden-size tensors on a rank: ntok / TP with SP */
     int flash, grouped;
     double peak_all; /* FLOP/s of all W ranks' devices (a shared machine's: its peak at all its cores) */
@@ -630,7 +632,10 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
                                             : o->precision;
     x->ntok = x->b * x->T / x->CP;
     x->own = x->ntok / x->TP;
-    x->rows = x->own * x->ETP * x->K * o->expert_imbalance;
+    x->imbalance = o->expert_imbalance;
+    if (o->ep_imbalance && x->EP < o->ep_imbalance_n && o->ep_imbalance[x->EP] > 0)
+        x->imbalance = o->ep_imbalance[x->EP];
+    x->rows = x->own * x->ETP * x->K * x->imbalance;
     x->srow = x->SP ? x->own : x->ntok;
     x->flash = o->flash_attention >= 0 ? o->flash_attention : !(x->prec == MOE_PREC_FP32 && x->CP == 1);
     x->causal = (o->causal_skip >= 0 ? o->causal_skip : x->flash) ? 0.5 : 1.0;
@@ -660,6 +665,7 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
     m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
+    m->inter_burst = hw->inter_burst_kb * 1e3;
     if (hw->shared && l->world > hw->cores) { /* a message waits for its receiver to get a core */
         m->intra_lat = fmax(m->intra_lat, hw->oversub_lat_us * 1e-6);
         m->inter_lat = fmax(m->inter_lat, hw->oversub_lat_us * 1e-6);
@@ -718,6 +724,28 @@ static double tail_exposed(const tail_cost *t)
     return t->sync - t->sync_hidden + t->gather - t->gather_hidden + t->opt;
 }
 
+/* A token-bucket link passes a burst at once and refills at the link rate,
+** also between steps (optimizer, next batch), so each step's first burst of
+** inter-node bytes costs no link time: that time comes off the exposed
+** communication of the inter-node dimensions, in proportion to their bytes
+** (refills inside a step are not counted). */
+static void credit_burst(const ctx *x, moe_cost_report *r)
+{
+    double bytes = 0;
+    for (int d = 0; d < MOE_COMM_N; d++)
+        bytes += r->comm[d].inter_node ? r->comm[d].bytes : 0;
+    if (x->mc.inter_burst <= 0 || bytes <= 0)
+        return;
+    double saved = fmin(x->mc.inter_burst, bytes) / x->mc.inter_bw;
+    for (int d = 0; d < MOE_COMM_N; d++) {
+        if (!r->comm[d].inter_node)
+            continue;
+        double cut = fmin(r->comm[d].exposed_s, saved * r->comm[d].bytes / bytes);
+        r->comm[d].exposed_s -= cut;
+        r->step_s -= cut;
+    }
+}
+
 static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
 {
     memset(r, 0, sizeof *r);
@@ -725,6 +753,7 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->ep = x->EP, r->etp = x->ETP, r->edp = x->EDP, r->vpp = x->v, r->sp = x->SP;
     r->micro_batches = x->m, r->precision = x->prec;
     r->gemm_efficiency = x->mc.eff, r->ep_hidden = x->ep_hidden, r->dp_hidden = x->dp_hidden;
+    r->expert_imbalance = x->imbalance;
     r->flops_per_token = moe_flops_per_token(cfg);
 
     /* the slowest stage sets the pipeline's pace; the others fill and drain
@@ -776,6 +805,7 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->comm[MOE_COMM_DP].bytes = tc.bytes;
     r->optimizer_s = tc.opt;
     r->step_s = pipe + tail;
+    credit_burst(x, r);
     double tokens = (double)cfg->global_batch_size * cfg->seq_length;
     r->tokens_per_s = tokens / r->step_s;
     r->mfu = r->flops_per_token * r->tokens_per_s / x->peak_all;

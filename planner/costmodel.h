@@ -125,6 +125,9 @@ typedef struct {
     double cp_hidden;         /* 1: the ring hides behind the attention scores up to their time */
     int param_gather_overlap; /* 0: the distributed optimizer's parameter all-gather is exposed */
     double expert_imbalance;  /* 1: max/mean tokens per expert rank (uniform routing) */
+    const double *ep_imbalance; /* NULL, or [ep_imbalance_n]: expert_imbalance for the layouts with EP = index
+                                   (a routing trace's, moe_plan_trace_imbalance); 0 there: expert_imbalance */
+    int ep_imbalance_n;
     double mem_usable;        /* 0.9: fraction of device memory a run may use */
     int grouped_gemm;         /* -1: on for bf16 (Megatron --moe-grouped-gemm), off for fp32 (this runtime) */
 } moe_cost_opts;
@@ -145,6 +148,7 @@ typedef struct {
     /* the layout and its derived sizes */
     int world, tp, cp, pp, dp, ep, etp, edp, vpp, sp, micro_batches, precision;
     double gemm_efficiency, link_efficiency, ep_hidden, dp_hidden;
+    double expert_imbalance; /* max/mean routed rows per expert rank this layout assumed */
     /* time */
     double flops_per_token;  /* model FLOPs per token (moe_flops_per_token's count) */
     double fwd_mb_s;         /* one micro-batch forward on the slowest stage, compute + exposed comm */

@@ -60,6 +60,10 @@ moe_status moe_cost_check_opts(const moe_cost_opts *o)
     if (!(o->expert_imbalance >= 1))
         return moe_fail(MOE_ERR_USAGE, "cost model: expert imbalance (max/mean) must be >= 1, got %g",
                         o->expert_imbalance);
+    for (int ep = 0; o->ep_imbalance && ep < o->ep_imbalance_n; ep++)
+        if (!(o->ep_imbalance[ep] == 0 || o->ep_imbalance[ep] >= 1))
+            return moe_fail(MOE_ERR_USAGE, "cost model: expert imbalance for EP %d must be >= 1 (0: the default), "
+                                           "got %g", ep, o->ep_imbalance[ep]);
     return MOE_OK;
 }
 

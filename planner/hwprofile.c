@@ -41,6 +41,7 @@ static const field_def FIELDS[MOE_HW_NFIELDS] = {
     [MOE_HW_CORES] = {"cores", F_INT, OFF(cores), 1, 1 << 20},
     [MOE_HW_THREADS] = {"threads", F_INT, OFF(threads), 1, 1 << 20},
     [MOE_HW_OVERSUB_LAT_US] = {"oversubscribed_latency_us", F_REAL, OFF(oversub_lat_us), 0, 1e6},
+    [MOE_HW_INTER_BURST_KB] = {"inter_node_burst_kb", F_REAL, OFF(inter_burst_kb), 0, 1e9},
 };
 #undef OFF
 

@@ -48,6 +48,12 @@
 ** oversubscribed_latency_us. Not shared: one rank per device; cores and
 ** threads are 1 and oversubscribed_latency_us does not apply.
 **
+** inter_node_burst_kb describes a link shaped by a token bucket, as the
+** emulated cluster's tbf shapes each host (scripts/emu/emu.sh): the bucket
+** passes that many kB at once and refills at the link rate. The cost model
+** lets each step's first burst of inter-node bytes through free (the bucket
+** refills between steps). Real links: 0.
+**
 ** Optional key `gemm_efficiency_table` (written by `moe bench calibrate`):
 ** the efficiency a GEMM reaches as a function of its size in FLOPs (2MKN),
 ** a mapping with a non-empty `source` and `points`, a list of
@@ -90,6 +96,7 @@ typedef enum {
     MOE_HW_CORES,            /* shared machine: the cores its ranks divide (1 otherwise) */
     MOE_HW_THREADS,          /* shared machine: the threads of the one rank the rates were measured with (1 otherwise) */
     MOE_HW_OVERSUB_LAT_US,   /* shared machine: per-message latency while its ranks outnumber its cores */
+    MOE_HW_INTER_BURST_KB,   /* inter-node links as token buckets (tbf): kB a link passes at once; 0 = none */
     MOE_HW_NFIELDS
 } moe_hw_field;
 
@@ -113,6 +120,7 @@ typedef struct {
     double softmax_gelems;
     int cores, threads;
     double oversub_lat_us;
+    double inter_burst_kb;
     char source[MOE_HW_NFIELDS][512]; /* each field's source, as written */
     int eff_points;                          /* 0: no gemm_efficiency_table */
     double eff_flops[MOE_HW_EFF_POINTS];     /* increasing */

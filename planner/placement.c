@@ -242,6 +242,53 @@ double moe_plan_cost(const moe_plan *p, const double *load)
     return s;
 }
 
+moe_status moe_plan_trace_imbalance(const moe_trace *t, const moe_plan *plan, int ep, int64_t from_step,
+                                    double *out)
+{
+    int E = t->experts;
+    if (plan)
+        MOE_TRY(moe_plan_check_named(plan, "placement", t->layers, E, plan->ep));
+    else if (ep < 1)
+        return moe_fail(MOE_ERR_USAGE, "trace imbalance: ep must be >= 1, got %d", ep);
+    int R = plan ? plan->ep : ep;
+    double *w = calloc((size_t)E, sizeof *w), *rank_load = calloc((size_t)R, sizeof *rank_load);
+    int *rank_of = calloc((size_t)E, sizeof *rank_of);
+    if (!w || !rank_load || !rank_of) {
+        free(w), free(rank_load), free(rank_of);
+        return moe_fail(MOE_ERR_NOMEM, "trace imbalance: %d experts", E);
+    }
+    moe_place_contiguous(E, R, rank_of);
+    double sum_max = 0, sum_mean = 0;
+    for (int k = 0; k < t->nwindows; k++) {
+        const moe_trace_window *win = &t->windows[k];
+        if (win->first_step < from_step)
+            continue;
+        for (int l = 0; l < t->layers; l++) {
+            memset(w, 0, (size_t)E * sizeof *w);
+            for (int s = 0; s < t->sources; s++)
+                for (int e = 0; e < E; e++)
+                    w[e] += win->load[((size_t)l * t->sources + s) * E + e];
+            double mx = 0, mean = 0;
+            if (plan)
+                moe_plan_layer_load(plan, l, w, &mx, &mean);
+            else {
+                memset(rank_load, 0, (size_t)R * sizeof *rank_load);
+                for (int e = 0; e < E; e++)
+                    rank_load[rank_of[e]] += w[e], mean += w[e] / R;
+                for (int r = 0; r < R; r++)
+                    mx = fmax(mx, rank_load[r]);
+            }
+            sum_max += mx, sum_mean += mean;
+        }
+    }
+    free(w), free(rank_load), free(rank_of);
+    if (!(sum_mean > 0) || !isfinite(sum_max))
+        return moe_fail(MOE_ERR_INPUT, "routing trace: no routed pairs in the windows from step %lld",
+                        (long long)from_step);
+    *out = fmax(1.0, sum_max / sum_mean);
+    return MOE_OK;
+}
+
 static int all_integral(const double *w, int n)
 {
     for (int i = 0; i < n; i++)

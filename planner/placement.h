@@ -51,6 +51,7 @@
 #define MOE_PLACEMENT_H
 
 #include "planner/plan.h"
+#include "planner/trace.h"
 #include "runtime/base/status.h"
 
 typedef enum {
@@ -174,6 +175,19 @@ moe_status moe_place_ilp_replicated(const double *w, int experts, int ranks, int
 void moe_plan_layer_load(const moe_plan *p, int layer, const double *w, double *max_load, double *mean_load);
 /* sum over layers of max rank load; load is (layers, experts). */
 double moe_plan_cost(const moe_plan *p, const double *load);
+
+/* The rank-load imbalance a routing trace implies for a placement, what the
+** cost model's expert_imbalance stands for: over the windows starting at or
+** after from_step and every layer, the sum of the busiest rank's pairs over
+** the sum of the mean rank's pairs (each window's load summed over its
+** sources; >= 1). Windows are taken one at a time because EP ranks wait for
+** the busiest at every layer of every micro-batch: the shorter the windows
+** (moe train --trace-window 1), the closer to what a step sees. plan NULL:
+** contiguous on ep ranks; else plan->ep ranks (ep ignored) and the plan must
+** match the trace's layers and experts. MOE_ERR_INPUT when no window from
+** from_step routed a pair or the plan does not fit the trace. */
+moe_status moe_plan_trace_imbalance(const moe_trace *t, const moe_plan *plan, int ep, int64_t from_step,
+                                    double *out);
 /* The analytic lower bound of one layer (see top) with `copies` extra copies. */
 double moe_place_layer_bound(const double *w, int experts, int ranks, int copies);
 /* Same, and without copies also the slot bound: every rank holds at least

@@ -13,6 +13,7 @@
 #include "parallel/pp_schedule.h"
 #include "planner/costmodel.h"
 #include "planner/hwprofile.h"
+#include "planner/trace.h"
 #include "runtime/base/config.h"
 #include "runtime/base/status.h"
 #include "runtime/model.h"
@@ -338,6 +339,23 @@ START_TEST(test_links_and_volumes)
     ck_assert(close_rel(rf.comm[MOE_COMM_EP].hidden_s + rf.comm[MOE_COMM_EP].exposed_s,
                         r.comm[MOE_COMM_EP].exposed_s, 1e-9));
     ck_assert(rf.step_s < r.step_s);
+    /* a routing trace's imbalance for EP 8 (the table) is the expert_imbalance of EP 8 layouts only */
+    moe_cost_report base = step(&c, &hw, &o);
+    double table[9] = {0};
+    table[8] = 1.5;
+    o.ep_imbalance = table, o.ep_imbalance_n = 9;
+    moe_cost_report rt = step(&c, &hw, &o);
+    o.ep_imbalance = NULL, o.expert_imbalance = 1.5;
+    moe_cost_report ri = step(&c, &hw, &o);
+    ck_assert(rt.expert_imbalance == 1.5 && rt.step_s == ri.step_s && rt.step_s > base.step_s);
+    o.expert_imbalance = 1, o.ep_imbalance = table;
+    set_layout(&c, 16, 2, 1, 1, 4, 1); /* EP 4: not in the table */
+    ck_assert(step(&c, &hw, &o).expert_imbalance == 1);
+    table[4] = 0.5;
+    moe_cost_report bad;
+    ck_assert_int_eq(moe_costmodel_step(&c, &hw, &o, &bad), MOE_ERR_USAGE);
+    o.ep_imbalance = NULL;
+    set_layout(&c, 16, 2, 1, 1, 8, 1);
     /* DP all-reduce without the distributed optimizer: 2 (n-1)/n of the fp32
     ** non-expert gradients over dp x cp = 8, plus the experts over EDP = 2 */
     c.moe_overlap = 0;
@@ -348,6 +366,36 @@ START_TEST(test_links_and_volumes)
     double bytes = 2 * 7.0 / 8 * dense * 4 + 2 * 1.0 / 2 * expert * 4;
     ck_assert_msg(close_rel(r.comm[MOE_COMM_DP].bytes, bytes, 1e-12), "%.17g vs %.17g", r.comm[MOE_COMM_DP].bytes,
                   bytes);
+}
+END_TEST
+
+/* A token-bucket link (the emulated cluster) lets the step's first burst of
+** inter-node bytes through free: exactly min(burst, bytes) / rate less. */
+START_TEST(test_burst_credit)
+{
+    moe_hwprofile hw = load_hw("this-machine.yaml");
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    o.ranks_per_node = 1; /* one rank per emulated host */
+    moe_config c = tiny();
+    set_layout(&c, 4, 1, 1, 1, 1, 1);
+    hw.inter_burst_kb = 0;
+    moe_cost_report a = step(&c, &hw, &o);
+    ck_assert(a.comm[MOE_COMM_DP].inter_node && a.comm[MOE_COMM_DP].bytes > 200e3);
+    hw.inter_burst_kb = 200;
+    moe_cost_report b = step(&c, &hw, &o);
+    double saved = 200e3 / (hw.inter_gbs * 1e9 * hw.link_efficiency);
+    ck_assert_msg(close_rel(a.step_s - b.step_s, saved, 1e-9), "%g vs %g", a.step_s - b.step_s, saved);
+    ck_assert(close_rel(a.comm[MOE_COMM_DP].exposed_s - b.comm[MOE_COMM_DP].exposed_s, saved, 1e-9));
+    /* a burst above the step's bytes: never more than the bytes' own link time */
+    hw.inter_burst_kb = 1e6;
+    moe_cost_report big = step(&c, &hw, &o);
+    ck_assert(big.step_s >= a.step_s - a.comm[MOE_COMM_DP].exposed_s - 1e-12);
+    /* one node: no inter-node bytes, nothing credited */
+    o.ranks_per_node = 0;
+    double with_burst = step(&c, &hw, &o).step_s;
+    hw.inter_burst_kb = 0;
+    ck_assert(step(&c, &hw, &o).step_s == with_burst);
 }
 END_TEST
 
@@ -514,7 +562,8 @@ static const char *GOOD =
     "softmax_gelems: {value: 1000, source: \"o\"}\n"
     "cores: {value: 1, source: \"p\"}\n"
     "threads: {value: 1, source: \"q\"}\n"
-    "oversubscribed_latency_us: {value: 30, source: \"r\"}\n";
+    "oversubscribed_latency_us: {value: 30, source: \"r\"}\n"
+    "inter_node_burst_kb: {value: 0, source: \"s\"}\n";
 
 /* GOOD with the line starting with `key` replaced by `with` ("" drops it),
 ** loaded into *out when out is not NULL. */
@@ -717,6 +766,32 @@ START_TEST(test_cli)
              "%s plan parallel --config %s/configs/tiny.yaml --world 2 --hw %s/h100-sxm.yaml --bogus 3", moe,
              MOE_SRC_DIR, HW_DIR);
     ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    /* the expert load from a routing trace: tiny's 2 MoE layers, 4 experts, top-2; all of it on expert 0 */
+    moe_trace t;
+    ck_assert_int_eq(moe_trace_alloc(&t, 2, 4, 2, 2, 1, 0), MOE_OK);
+    for (int l = 0; l < 2; l++)
+        t.windows[0].load[(size_t)l * 8] = 100;
+    snprintf(path, sizeof path, "%s/r.trace", dir);
+    ck_assert_int_eq(moe_trace_write(path, &t), MOE_OK);
+    moe_trace_free(&t);
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --tp 1 --cp 1 "
+             "--pp 1 --ep 4 --etp 1 --global-batch 32 --routing-trace %s --json",
+             moe, MOE_SRC_DIR, HW_DIR, path);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+    ck_assert_msg(strstr(out, "\"expert_imbalance\":4,") && strstr(out, "\"trace_from_step\":0"), "%s", out);
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --num-experts 8 "
+             "--routing-trace %s",
+             moe, MOE_SRC_DIR, HW_DIR, path);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "2 MoE layers, 4 experts, top-2; the config has 2, 8, top-2"), "%s", out);
+    snprintf(cmd, sizeof cmd,
+             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --imbalance 2 "
+             "--routing-trace %s",
+             moe, MOE_SRC_DIR, HW_DIR, path);
+    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "give one"), "%s", out);
     /* the reproduction table */
     snprintf(cmd, sizeof cmd, "%s plan parallel --reproduce --hw-dir %s --json", moe, HW_DIR);
     ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
@@ -740,6 +815,7 @@ int main(void)
     tcase_add_test(tc, test_ranking_by_throughput);
     tcase_add_test(tc, test_pipeline_against_pp_schedule);
     tcase_add_test(tc, test_links_and_volumes);
+    tcase_add_test(tc, test_burst_credit);
     tcase_add_test(tc, test_moe_layer_fwd);
     tcase_add_test(tc, test_kernel_terms);
     tcase_add_test(tc, test_profile_refusals);

@@ -140,6 +140,52 @@ START_TEST(baselines_valid)
 }
 END_TEST
 
+/* 2 layers, 4 experts, 2 sources, 2 windows (steps 0 and 1), loads by hand. */
+static void hand_trace(moe_trace *t)
+{
+    ck_assert_int_eq(moe_trace_alloc(t, 2, 4, 1, 2, 2, 0), MOE_OK);
+    t->windows[1].first_step = 1;
+    /* [window][layer][source][expert] */
+    static const double L[2][2][2][4] = {{{{4, 0, 0, 0}, {0, 0, 4, 0}}, {{5, 0, 0, 0}, {3, 0, 0, 0}}},
+                                         {{{1, 1, 0, 0}, {0, 0, 1, 1}}, {{0, 0, 0, 2}, {0, 0, 0, 4}}}};
+    for (int w = 0; w < 2; w++)
+        memcpy(t->windows[w].load, L[w], sizeof L[w]);
+}
+
+START_TEST(trace_imbalance_by_hand)
+{
+    moe_trace t;
+    hand_trace(&t);
+    double v;
+    /* contiguous on 2 ranks: window 0 layer 0 experts [4,0,4,0] -> ranks
+    ** [4,4], layer 1 [8,0,0,0] -> [8,0]; window 1 [1,1,1,1] -> [2,2],
+    ** [0,0,0,6] -> [0,6]: max 4+8+2+6 over mean 4+4+2+3 */
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 2, 0, &v), MOE_OK);
+    ck_assert_double_eq_tol(v, 20.0 / 13, 1e-12);
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 2, 1, &v), MOE_OK); /* window 1 only */
+    ck_assert_double_eq_tol(v, 8.0 / 5, 1e-12);
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 4, 0, &v), MOE_OK); /* one expert per rank */
+    ck_assert_double_eq_tol(v, (4 + 8 + 1 + 6) / (2 + 2 + 1 + 1.5), 1e-12);
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 1, 0, &v), MOE_OK);
+    ck_assert_double_eq_tol(v, 1, 1e-12);
+    /* a plan: round-robin puts experts {0,2} and {1,3} together: [8,0] [8,0] [2,2] [0,6] */
+    double *w = NULL;
+    ck_assert_int_eq(moe_trace_expert_load(&t, &w), MOE_OK);
+    moe_plan p = place(w, 2, 4, MOE_PLACE_ROUND_ROBIN, 2, 0, NULL);
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, &p, 0, 0, &v), MOE_OK);
+    ck_assert_double_eq_tol(v, 24.0 / 13, 1e-12);
+    /* refusals: no window from step 2; a plan of another model */
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 2, 2, &v), MOE_ERR_INPUT);
+    ck_assert_msg(strstr(moe_errmsg(), "no routed pairs"), "%s", moe_errmsg());
+    ck_assert_int_eq(moe_plan_trace_imbalance(&t, NULL, 0, 0, &v), MOE_ERR_USAGE);
+    double *w3 = make_load(3, 4, 0, 0, 1);
+    moe_plan q = place(w3, 3, 4, MOE_PLACE_CONTIGUOUS, 2, 0, NULL);
+    ck_assert_int_ne(moe_plan_trace_imbalance(&t, &q, 0, 0, &v), MOE_OK);
+    moe_plan_free(&p), moe_plan_free(&q), free(w), free(w3);
+    moe_trace_free(&t);
+}
+END_TEST
+
 START_TEST(eplb_replication)
 {
     double *w = make_load(2, 16, 1.5, 1e5, 3);
@@ -645,6 +691,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, ilp_matches_brute_force);
     tcase_add_test(tc, baselines_valid);
+    tcase_add_test(tc, trace_imbalance_by_hand);
     tcase_add_test(tc, eplb_replication);
     tcase_add_test(tc, time_limit_falls_back_to_greedy);
     tcase_add_test(tc, bad_options_refused);
