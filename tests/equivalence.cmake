@@ -64,6 +64,7 @@ endforeach()
 # Open MPI's own allocations show up as leaks under ASan: leak checking is off
 # for these runs (address and UB checking stay on), as in comm.cmake.
 foreach(t mpi_equiv_dp2 mpi_equiv_ep2 mpi_equiv_ep4 mpi_equiv_ep2_dp2 mpi_equiv_ep4_8experts
+          mpi_equiv_ep2_dp2_blocking_grad_reduce mpi_equiv_pp2_dp2
           mpi_equiv_ep2_starved mpi_equiv_ep2_capacity mpi_equiv_ep2_placement mpi_equiv_ep4_placement
           mpi_equiv_ep2_replicated mpi_equiv_ep4_replicated_fine mpi_equiv_ep2_dp2_replicated_distopt
           mpi_equiv_tp2_sp_ep2_etp2_replicated mpi_equiv_pp2_ep2_replicated_coarse
