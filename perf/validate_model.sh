@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The cost model against this machine: trains each layout below for a few
 # steps (median step_ms of metrics.jsonl after the warm-up steps; with
-# REPEAT > 1 the median of the runs' medians) and asks `moe plan parallel
+# REPEAT > 1 the median of the runs' medians, the runs made in REPEAT rounds
+# over all layouts, so a drift in the machine's state falls on every layout
+# alike instead of on whichever ran then) and asks `moe plan parallel
 # --json` for exactly that layout (every size, the batch, sequence
 # parallelism and, for the emulated hosts, --ranks-per-node 1), then prints
 # layout, measured ms, predicted ms, error % and whether it is within 20%,
@@ -19,14 +21,15 @@
 #               configs/hw/this-machine.yaml and, when present,
 #               configs/hw/this-machine-calibrated.yaml+configs/hw/this-machine-calibrated-1t.yaml
 #        MOE    the moe binary (default build/bin/moe)
-#        REPEAT runs per layout (default 1); the median of their medians
+#        REPEAT runs per layout, one per round (default 1); the median of their medians
 #        RATE   emulated link rate (default 1gbit); the last two rows run on 4
 #               emulated hosts (scripts/emu/emu.sh, root only), skipped with EMU=0
 #        ONLY   a regular expression: only the layouts whose name matches
 #        MEASURED  a results file of an earlier run (layout<TAB>ms lines): reuse
 #               its measurements (and the routing traces next to it) and only predict
 # Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir,
-# printed) with the 1-minute load average before each layout's runs.
+# printed) with the mean 1-minute load average before the layout's runs,
+# and every run to $OUT/runs.tsv (layout, round, ms, load).
 # Timings depend on an otherwise idle machine: the load is printed with each
 # row; rerun the rows measured under load.
 set -euo pipefail
@@ -96,16 +99,46 @@ measure_once() { # name cfg world "tp cp pp ep etp" "micro global" emu run -> ms
               --expert-tensor-parallel-size "$etp" "${sp[@]}" --micro-batch-size "$mb"
               --global-batch-size "$gb" --run-dir "$dir")
   if [ "$emu" = 1 ]; then # the hosts share this machine's cores: one thread each, as the local runs get
-    MOE_MPIRUN="$EMU_SH mpirun" "$MOE" train "${args[@]}" --num-threads 1 >"$dir.log" 2>&1 || { echo nan; return; }
+    MOE_MPIRUN="$EMU_SH mpirun" "$MOE" train "${args[@]}" --num-threads 1 >"$dir.log" 2>&1 || { rm -rf "$dir/checkpoints"; echo nan; return; }
   else
-    "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { echo nan; return; }
+    "$MOE" train "${args[@]}" >"$dir.log" 2>&1 || { rm -rf "$dir/checkpoints"; echo nan; return; }
   fi
   median_step_ms "$dir/metrics.jsonl"
+  rm -rf "$dir/checkpoints" # the final save: GBs per run for small, not needed here
 }
 
-measure() { # the median over REPEAT runs
-  local r
-  for ((r = 1; r <= REPEAT; r++)); do measure_once "$@" "$r"; done | grep -v nan | median
+selected() { # row -> whether this run covers it
+  local name emu
+  IFS='|' read -r name _ _ _ _ emu <<<"$1"
+  ! { [ "$emu" = 1 ] && [ "$EMU_ON" = 0 ]; } && ! { [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; }
+}
+
+measure_rounds() { # REPEAT rounds over the selected rows -> $OUT/runs.tsv, then medians -> $OUT/measured.tsv
+  local r row name cfg world sizes batch emu
+  : >"$OUT/runs.tsv"
+  for ((r = 1; r <= REPEAT; r++)); do
+    for row in "${LAYOUTS[@]}"; do
+      selected "$row" || continue
+      IFS='|' read -r name cfg world sizes batch emu <<<"$row"
+      if [ "$emu" = 1 ] && [ "$emu_up" = 0 ]; then
+        $EMU_SH up 4 --rate "$RATE" >/dev/null # not in a subshell, so the EXIT trap sees it
+        emu_up=1
+      fi
+      local ld; ld=$(load1)
+      printf "%s\t%s\t%s\t%s\n" "$name" "$r" "$(measure_once "$name" "$cfg" "$world" "$sizes" "$batch" "$emu" "$r")" \
+        "$ld" >>"$OUT/runs.tsv"
+    done
+    echo "# round $r of $REPEAT done, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  done
+  : >"$OUT/measured.tsv"
+  for row in "${LAYOUTS[@]}"; do
+    selected "$row" || continue
+    name=${row%%|*}
+    printf "%s\t%s\t%s\n" "$name" \
+      "$(awk -F'\t' -v n="$name" '$1 == n && $3 != "nan" { print $3 }' "$OUT/runs.tsv" | median)" \
+      "$(awk -F'\t' -v n="$name" '$1 == n { s += $4; k++ } END { printf "%.2f", k ? s / k : 0 }' "$OUT/runs.tsv")" \
+      >>"$OUT/measured.tsv"
+  done
 }
 
 trace_of() { # dir name -> the routing trace of the layout's first run
@@ -151,7 +184,10 @@ label() { basename "${1%%+*}" .yaml; }
 
 echo "# $(date -u +%FT%TZ), $(nproc) cores, $STEPS steps after $WARMUP warm-up, $REPEAT run(s) per layout," \
   "load $(cut -d' ' -f1-3 /proc/loadavg), results in $OUT" >&2
-: >"$OUT/measured.tsv"
+if [ -z "${MEASURED:-}" ]; then
+  measure_rounds
+  MEASURED=$OUT/measured.tsv
+fi
 hdr=$(printf "%-20s %11s %5s" layout measured_ms load)
 for hw in $HW; do hdr+=$(printf " | %-28s" "$(label "$hw"): pred_ms err% <=20%"); done
 echo "$hdr"
@@ -161,21 +197,10 @@ for hw in $HW; do md+=" $(label "$hw") | err |"; mdsep+="---|---|"; done
 md+=$'\n'"$mdsep"
 nin=(); ntot=0
 for row in "${LAYOUTS[@]}"; do
+  selected "$row" || continue
   IFS='|' read -r name cfg world sizes batch emu <<<"$row"
-  [ "$emu" = 1 ] && [ "$EMU_ON" = 0 ] && continue
-  [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]] && continue
-  if [ "$emu" = 1 ] && [ "$emu_up" = 0 ] && [ -z "${MEASURED:-}" ]; then
-    $EMU_SH up 4 --rate "$RATE" >/dev/null # here, not in measure's subshell, so the EXIT trap sees it
-    emu_up=1
-  fi
-  if [ -n "${MEASURED:-}" ]; then
-    ms=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$MEASURED")
-    ld=$(awk -F'\t' -v n="$name" '$1 == n { print ($3 == "" ? "-" : $3) }' "$MEASURED")
-  else
-    ld=$(load1)
-    ms=$(measure "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
-  fi
-  printf "%s\t%s\t%s\n" "$name" "$ms" "$ld" >>"$OUT/measured.tsv"
+  ms=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$MEASURED")
+  ld=$(awk -F'\t' -v n="$name" '$1 == n { print ($3 == "" ? "-" : $3) }' "$MEASURED")
   line=$(printf "%-20s %11s %5s" "$name" "$ms" "$ld")
   mdl="| $name | $ms | $ld |"
   i=0
