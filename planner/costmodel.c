@@ -32,105 +32,6 @@ void moe_cost_param_counts(const moe_config *c, double *total, double *active)
 }
 
 // ----------------------------------------------------------------------------
-// the machine: compute roofline, kernel calls and links
-
-/* A group kind on this layout: size, whether any of its groups spans nodes,
-** and the fewest members any member shares its node with (itself included). */
-typedef struct {
-    int n, cross, local;
-} group_link;
-
-typedef struct {
-    double peak;        /* FLOP/s per rank */
-    double eff;         /* the single factor (profile or --gemm-efficiency) */
-    const moe_hwprofile *table; /* non-NULL: per-GEMM efficiency from its gemm_efficiency_table */
-    double membw;       /* bytes/s per rank */
-    double ewbw;        /* bytes/s per rank of element-wise passes */
-    double smrate;      /* elements/s per rank of softmax passes */
-    double kern;        /* s: fixed cost of one kernel call */
-    double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
-    double intra_lat, inter_lat; /* s */
-    double inter_burst; /* bytes a token-bucket inter-node link passes at once */
-    double w;           /* bytes per activation / weight element */
-} machine;
-
-/* Efficiency of one GEMM of `flops`: the profile's table at that size when
-** it has one (and no --gemm-efficiency override), else the single factor. */
-static double eff_at(const machine *m, double flops)
-{
-    return m->table ? moe_hwprofile_gemm_efficiency(m->table, flops) : m->eff;
-}
-
-/* Roofline of one GEMM call, without its kernel overhead. */
-static double gemm_time(const machine *m, double M, double K, double N)
-{
-    if (M <= 0 || K <= 0 || N <= 0)
-        return 0;
-    double flops = 2.0 * M * K * N, bytes = (M * K + K * N + M * N) * m->w;
-    return fmax(flops / (m->peak * eff_at(m, flops)), bytes / m->membw);
-}
-
-static double link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
-static double link_lat(const machine *m, const group_link *g) { return g->cross ? m->inter_lat : m->intra_lat; }
-
-/* A ring collective of `steps` steps sending `bytes` per rank in all. */
-static double ring_time(const machine *m, const group_link *g, double steps, double bytes)
-{
-    if (g->n <= 1)
-        return 0;
-    return steps * link_lat(m, g) + bytes / link_bw(m, g);
-}
-
-/* All-gather / reduce-scatter of a tensor of `full` bytes (whole, all ranks). */
-static double ag_time(const machine *m, const group_link *g, double full)
-{
-    return ring_time(m, g, g->n - 1, (g->n - 1.0) / g->n * full);
-}
-
-static double ar_time(const machine *m, const group_link *g, double full)
-{
-    return ring_time(m, g, 2.0 * (g->n - 1), 2.0 * (g->n - 1.0) / g->n * full);
-}
-
-/* All-to-all of `held` bytes per rank, spread evenly over the n ranks (own
-** share stays): one message to each of the n - 1 peers, each costing its
-** link's latency, node-local and remote peers served at once, each over its
-** own link. held = 0: the messages alone (the dispatcher's counts). */
-static double a2a_time(const machine *m, const group_link *g, double held)
-{
-    if (g->n <= 1)
-        return 0;
-    double nl = g->local - 1.0, nr = (double)(g->n - g->local);
-    return fmax(nl * m->intra_lat + nl / g->n * held / m->intra_bw, nr * m->inter_lat + nr / g->n * held / m->inter_bw);
-}
-
-static double p2p_time(const machine *m, const group_link *g, double bytes)
-{
-    return g->n <= 1 ? 0 : link_lat(m, g) + bytes / link_bw(m, g);
-}
-
-static moe_status group_links(const moe_layout *l, moe_group_kind k, int rpn, group_link *out)
-{
-    int ng, gs, *ranks;
-    MOE_TRY(moe_layout_groups(l, k, &ng, &gs, &ranks));
-    *out = (group_link){.n = gs, .cross = 0, .local = gs};
-    for (int i = 0; i < ng; i++) {
-        const int *g = ranks + (size_t)i * gs;
-        for (int a = 0; a < gs; a++) {
-            int same = 0;
-            for (int b = 0; b < gs; b++)
-                same += g[b] / rpn == g[a] / rpn;
-            if (same < gs)
-                out->cross = 1;
-            if (same < out->local)
-                out->local = same;
-        }
-    }
-    free(ranks);
-    return MOE_OK;
-}
-
-// ----------------------------------------------------------------------------
 // the model on the layout
 
 typedef struct {
@@ -183,7 +84,7 @@ static void add_overlapped(mb_cost *c, moe_comm_dim d, double t, double window, 
 ** apiece. Returns their time. */
 static double gemm_calls(const ctx *x, mb_cost *c, double calls, double M, double K, double N)
 {
-    double t = calls * (x->mc.kern + gemm_time(&x->mc, M, K, N));
+    double t = calls * (x->mc.kern + moe_cost_gemm_time(&x->mc, M, K, N));
     c->compute += t;
     c->calls += calls;
     return t;
@@ -229,7 +130,7 @@ static void tp_block(const ctx *x, mb_cost *c)
     if (x->TP <= 1)
         return;
     double S = x->ntok * x->C * x->mc.w;
-    double t = x->SP ? 2 * ag_time(&x->mc, &x->tp, S) : ar_time(&x->mc, &x->tp, S);
+    double t = x->SP ? 2 * moe_cost_ag_time(&x->mc, &x->tp, S) : moe_cost_ar_time(&x->mc, &x->tp, S);
     add_comm(c, MOE_COMM_TP, t, x->o->tp_hidden, 2.0 * (x->TP - 1.0) / x->TP * S);
 }
 
@@ -238,7 +139,7 @@ static void tp_single(const ctx *x, mb_cost *c, int allreduce)
     if (x->TP <= 1)
         return;
     double S = x->ntok * x->C * x->mc.w;
-    double t = allreduce ? ar_time(&x->mc, &x->tp, S) : ag_time(&x->mc, &x->tp, S);
+    double t = allreduce ? moe_cost_ar_time(&x->mc, &x->tp, S) : moe_cost_ag_time(&x->mc, &x->tp, S);
     add_comm(c, MOE_COMM_TP, t, x->o->tp_hidden, (allreduce ? 2.0 : 1.0) * (x->TP - 1.0) / x->TP * S);
 }
 
@@ -246,7 +147,7 @@ static void tp_single(const ctx *x, mb_cost *c, int allreduce)
 static void small_allreduce(const ctx *x, mb_cost *c, moe_comm_dim d, const group_link *g, double bytes)
 {
     if (g->n > 1)
-        add_comm(c, d, ar_time(&x->mc, g, bytes), 0, 2.0 * (g->n - 1.0) / g->n * bytes);
+        add_comm(c, d, moe_cost_ar_time(&x->mc, g, bytes), 0, 2.0 * (g->n - 1.0) / g->n * bytes);
 }
 
 #define ATT_BLOCK 64.0 /* rows / keys per block of this runtime's attention kernels (layers/attention*.c) */
@@ -297,7 +198,7 @@ static double attention_core(const ctx *x, mb_cost *f, mb_cost *b)
     double bytes = (x->ntok * x->C / x->TP * 2 + kv_all) * m->w;
     if (!x->flash) /* the T x T probabilities (fp32) written, normalised, read */
         bytes += 3.0 * x->b * (x->NH / x->TP) * (x->T / x->CP) * x->T * 4;
-    double core = fmax(flops / (m->peak * eff_at(m, flops)), bytes / m->membw);
+    double core = fmax(flops / (m->peak * moe_cost_eff_at(m, flops)), bytes / m->membw);
     f->compute += x->CP * m->kern + core;
     f->calls += x->CP;
     b->compute += 2 * x->CP * m->kern + 2 * core;
@@ -327,7 +228,7 @@ static void attention(const ctx *x, mb_cost *f, mb_cost *b)
     tp_block(x, b);
     if (x->CP > 1) { /* ring: CP-1 hops of this rank's K and V; backward K/V and dK/dV */
         double kv = x->ntok * 2 * x->NKV * x->HD / x->TP * m->w;
-        double t = (x->CP - 1) * p2p_time(m, &x->cp, kv);
+        double t = (x->CP - 1) * moe_cost_p2p_time(m, &x->cp, kv);
         ew_pass(x, f, 1, 2 * kv);     /* K/V packed for the ring */
         ew_pass(x, b, 1, 3 * kv);     /* packed again; dK/dV added home */
         zero_pass(x, b, 1, kv);
@@ -376,12 +277,12 @@ static void moe_mlp(const ctx *x, mb_cost *f, mb_cost *b)
     ** segment of the received rows (EP x E/EP = E segments); grouped GEMM
     ** (Megatron) one call per GEMM for all local experts */
     double El = E / x->EP, nseg = x->grouped ? El : x->EP * El, ncall = x->grouped ? 1 : nseg, seg = R / nseg;
-    double t0 = f->compute;
-    f->compute += 2 * ncall * m->kern + nseg * (gemm_time(m, seg, C, 2 * Fl) + gemm_time(m, seg, Fl, C));
+    double t0 = f->compute, pair = moe_cost_gemm_time(m, seg, C, 2 * Fl) + moe_cost_gemm_time(m, seg, Fl, C);
+    f->compute += 2 * ncall * m->kern + nseg * pair;
     f->calls += 2 * ncall;
     ew_pass(x, f, ncall, 3 * R * Fl * w);
     double experts = f->compute - t0;
-    b->compute += 4 * ncall * m->kern + 2 * nseg * (gemm_time(m, seg, C, 2 * Fl) + gemm_time(m, seg, Fl, C));
+    b->compute += 4 * ncall * m->kern + 2 * nseg * pair;
     b->calls += 4 * ncall;
     zero_pass(x, b, ncall, 2 * R * Fl * w); /* d(h13) */
     ew_pass(x, b, ncall, 7 * R * Fl * w);   /* SwiGLU backward */
@@ -396,14 +297,14 @@ static void moe_mlp(const ctx *x, mb_cost *f, mb_cost *b)
     }
     if (x->ETP > 1) { /* own tokens all-gathered before the router, outputs reduce-scattered */
         double full = x->own * x->ETP * C * w;
-        double t = 2 * ag_time(m, &x->etp, full);
+        double t = 2 * moe_cost_ag_time(m, &x->etp, full);
         add_comm(f, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
         add_comm(b, MOE_COMM_ETP, t, 0, 2 * (x->ETP - 1.0) / x->ETP * full);
     }
     if (x->EP > 1) { /* counts, then dispatch + combine, uniform routing */
         double held = x->own * x->ETP * K * C * w;
-        double t = 2 * a2a_time(m, &x->ep, held), sent = 2 * held * (x->EP - 1.0) / x->EP;
-        add_overlapped(f, MOE_COMM_EP, t + a2a_time(m, &x->ep, 0), x->ep_hidden * experts, sent);
+        double t = 2 * moe_cost_a2a_time(m, &x->ep, held), sent = 2 * held * (x->EP - 1.0) / x->EP;
+        add_overlapped(f, MOE_COMM_EP, t + moe_cost_a2a_time(m, &x->ep, 0), x->ep_hidden * experts, sent);
         add_overlapped(b, MOE_COMM_EP, t, x->ep_hidden * 2 * experts, sent);
     }
 }
@@ -476,7 +377,7 @@ static void stage_cost(const ctx *x, int s, mb_cost *f, mb_cost *b)
         head(x, f, b);
     if (x->PP > 1) { /* activations out, gradients back: v hops per micro-batch each way */
         double bytes = x->ntok * x->C * x->mc.w / (x->SP ? x->TP : 1);
-        double t = x->v * p2p_time(&x->mc, &x->pp, bytes);
+        double t = x->v * moe_cost_p2p_time(&x->mc, &x->pp, bytes);
         ew_pass(x, f, x->v, 2 * bytes); /* the send buffer copies */
         ew_pass(x, b, x->v, 2 * bytes);
         add_comm(f, MOE_COMM_PP, t, 0, x->v * bytes);
@@ -673,14 +574,14 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     m->w = x->prec == MOE_PREC_BF16 ? 2 : 4;
 
     int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
-    MOE_TRY(group_links(l, MOE_G_TP, rpn, &x->tp));
-    MOE_TRY(group_links(l, MOE_G_CP, rpn, &x->cp));
-    MOE_TRY(group_links(l, MOE_G_TP_CP, rpn, &x->tpcp));
-    MOE_TRY(group_links(l, MOE_G_DP_CP, rpn, &x->dpcp));
-    MOE_TRY(group_links(l, MOE_G_PP, rpn, &x->pp));
-    MOE_TRY(group_links(l, MOE_G_EP, rpn, &x->ep));
-    MOE_TRY(group_links(l, MOE_G_ETP, rpn, &x->etp));
-    MOE_TRY(group_links(l, MOE_G_EDP, rpn, &x->edp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_TP, rpn, &x->tp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_CP, rpn, &x->cp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_TP_CP, rpn, &x->tpcp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_DP_CP, rpn, &x->dpcp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_PP, rpn, &x->pp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_EP, rpn, &x->ep));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_ETP, rpn, &x->etp));
+    MOE_TRY(moe_cost_group_links(l, MOE_G_EDP, rpn, &x->edp));
     return MOE_OK;
 }
 
@@ -702,12 +603,12 @@ static tail_cost tail_of_stage(const ctx *x, int s, double fwd_compute, double b
     const group_link *gd = &x->dpcp, *ge = &x->edp;
     double gd_bytes = p.dense * 4, ge_bytes = p.expert * 4; /* fp32 gradients */
     if (x->distopt) {
-        t.sync = ag_time(m, gd, gd_bytes) + ag_time(m, ge, ge_bytes); /* reduce-scatter: same cost */
-        t.gather = ag_time(m, gd, p.dense * pb) + ag_time(m, ge, p.expert * pb);
+        t.sync = moe_cost_ag_time(m, gd, gd_bytes) + moe_cost_ag_time(m, ge, ge_bytes); /* reduce-scatter: same cost */
+        t.gather = moe_cost_ag_time(m, gd, p.dense * pb) + moe_cost_ag_time(m, ge, p.expert * pb);
         t.bytes = (gd->n - 1.0) / gd->n * (gd_bytes + p.dense * pb) +
                   (ge->n - 1.0) / ge->n * (ge_bytes + p.expert * pb);
     } else {
-        t.sync = ar_time(m, gd, gd_bytes) + ar_time(m, ge, ge_bytes);
+        t.sync = moe_cost_ar_time(m, gd, gd_bytes) + moe_cost_ar_time(m, ge, ge_bytes);
         t.bytes = 2 * (gd->n - 1.0) / gd->n * gd_bytes + 2 * (ge->n - 1.0) / ge->n * ge_bytes;
     }
     t.sync_hidden = fmin(t.sync, x->dp_hidden * bwd_compute);
@@ -895,17 +796,17 @@ moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_
     group_link g = {.n = W, .cross = W > rpn, .local = W < rpn ? W : rpn};
     double El = (double)s->experts / s->ep, rows = s->tokens * s->topk / s->ep / El; /* per local expert */
     double Fl = (double)s->ffn / s->tp, H = s->hidden;
-    out->gemm0_s = m.kern + El * gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl); /* one grouped GEMM */
-    out->gemm1_s = m.kern + El * gemm_time(&m, rows, Fl, H);
+    out->gemm0_s = m.kern + El * moe_cost_gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl); /* one grouped GEMM */
+    out->gemm1_s = m.kern + El * moe_cost_gemm_time(&m, rows, Fl, H);
     if (s->allgather) {
-        out->comm0_s = ag_time(&m, &g, s->tokens * H * m.w);       /* every rank gets every token */
-        out->comm1_s = ag_time(&m, &g, s->tokens / s->ep * H * m.w); /* partial sums reduce-scattered home */
+        out->comm0_s = moe_cost_ag_time(&m, &g, s->tokens * H * m.w);       /* every rank gets every token */
+        out->comm1_s = moe_cost_ag_time(&m, &g, s->tokens / s->ep * H * m.w); /* partial sums reduce-scattered home */
     } else {
         double held = s->tokens / W * s->topk * H * m.w;
-        out->comm0_s = a2a_time(&m, &g, held);
-        out->comm1_s = a2a_time(&m, &g, held);
+        out->comm0_s = moe_cost_a2a_time(&m, &g, held);
+        out->comm1_s = moe_cost_a2a_time(&m, &g, held);
     }
-    double lat = link_lat(&m, &g);
+    double lat = moe_cost_link_lat(&m, &g);
     out->layer0_seq_s = out->comm0_s + out->gemm0_s;
     out->layer1_seq_s = out->comm1_s + out->gemm1_s;
     out->layer0_ov_s = fmax(out->comm0_s, out->gemm0_s) + fmin(out->comm0_s, out->gemm0_s) / W + W * lat;

@@ -1,12 +1,59 @@
 /*
-** costmodel_internal: what costmodel.c shares with costmodel_search.c. Not
-** for use outside planner/costmodel*.c.
+** costmodel_internal: what costmodel.c shares with costmodel_machine.c and
+** costmodel_search.c. Not for use outside planner/costmodel*.c.
 */
 #ifndef MOE_COSTMODEL_INTERNAL_H
 #define MOE_COSTMODEL_INTERNAL_H
 
 #include "planner/costmodel.h"
 #include "runtime/base/topology.h"
+
+// ----------------------------------------------------------------------------
+// the machine (costmodel_machine.c): compute roofline and links
+
+/* A group kind on this layout: size, whether any of its groups spans nodes,
+** and the fewest members any member shares its node with (itself included). */
+typedef struct {
+    int n, cross, local;
+} group_link;
+
+typedef struct {
+    double peak;        /* FLOP/s per rank */
+    double eff;         /* the single factor (profile or --gemm-efficiency) */
+    const moe_hwprofile *table; /* non-NULL: per-GEMM efficiency from its gemm_efficiency_table */
+    double membw;       /* bytes/s per rank */
+    double ewbw;        /* bytes/s per rank of element-wise passes */
+    double smrate;      /* elements/s per rank of softmax passes */
+    double kern;        /* s: fixed cost of one kernel call */
+    double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
+    double intra_lat, inter_lat; /* s */
+    double inter_burst; /* bytes a token-bucket inter-node link passes at once */
+    double w;           /* bytes per activation / weight element */
+} machine;
+
+/* Efficiency of one GEMM of `flops`: the profile's table at that size when
+** it has one (and no --gemm-efficiency override), else the single factor. */
+double moe_cost_eff_at(const machine *m, double flops);
+/* Roofline of one GEMM call, without its kernel overhead. */
+double moe_cost_gemm_time(const machine *m, double M, double K, double N);
+double moe_cost_link_bw(const machine *m, const group_link *g);
+double moe_cost_link_lat(const machine *m, const group_link *g);
+/* A ring collective of `steps` steps sending `bytes` per rank in all. */
+double moe_cost_ring_time(const machine *m, const group_link *g, double steps, double bytes);
+/* All-gather / reduce-scatter (ag) and all-reduce (ar) of a tensor of `full` bytes. */
+double moe_cost_ag_time(const machine *m, const group_link *g, double full);
+double moe_cost_ar_time(const machine *m, const group_link *g, double full);
+/* All-to-all of `held` bytes per rank, spread evenly over the n ranks (own
+** share stays): one message to each of the n - 1 peers, each costing its
+** link's latency, node-local and remote peers served at once, each over its
+** own link. held = 0: the messages alone (the dispatcher's counts). */
+double moe_cost_a2a_time(const machine *m, const group_link *g, double held);
+double moe_cost_p2p_time(const machine *m, const group_link *g, double bytes);
+/* Group kind k of layout l with rpn ranks per node: its size, whether it spans nodes. */
+moe_status moe_cost_group_links(const moe_layout *l, moe_group_kind k, int rpn, group_link *out);
+
+// ----------------------------------------------------------------------------
+// options and checks (costmodel_search.c)
 
 /* MOE_ERR_USAGE naming the option out of range. */
 moe_status moe_cost_check_opts(const moe_cost_opts *o);

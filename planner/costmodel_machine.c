@@ -1,0 +1,77 @@
+/*
+** costmodel_machine: the cost model's machine, a rank's share of the
+** profile: the GEMM roofline and the communication primitives (ring
+** collectives, all-to-all, point to point) over a layout's groups.
+*/
+#include "planner/costmodel_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* The contracts are in costmodel_internal.h. */
+double moe_cost_eff_at(const machine *m, double flops)
+{
+    return m->table ? moe_hwprofile_gemm_efficiency(m->table, flops) : m->eff;
+}
+
+double moe_cost_gemm_time(const machine *m, double M, double K, double N)
+{
+    if (M <= 0 || K <= 0 || N <= 0)
+        return 0;
+    double flops = 2.0 * M * K * N, bytes = (M * K + K * N + M * N) * m->w;
+    return fmax(flops / (m->peak * moe_cost_eff_at(m, flops)), bytes / m->membw);
+}
+
+double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
+double moe_cost_link_lat(const machine *m, const group_link *g) { return g->cross ? m->inter_lat : m->intra_lat; }
+
+double moe_cost_ring_time(const machine *m, const group_link *g, double steps, double bytes)
+{
+    if (g->n <= 1)
+        return 0;
+    return steps * moe_cost_link_lat(m, g) + bytes / moe_cost_link_bw(m, g);
+}
+
+double moe_cost_ag_time(const machine *m, const group_link *g, double full)
+{
+    return moe_cost_ring_time(m, g, g->n - 1, (g->n - 1.0) / g->n * full);
+}
+
+double moe_cost_ar_time(const machine *m, const group_link *g, double full)
+{
+    return moe_cost_ring_time(m, g, 2.0 * (g->n - 1), 2.0 * (g->n - 1.0) / g->n * full);
+}
+
+double moe_cost_a2a_time(const machine *m, const group_link *g, double held)
+{
+    if (g->n <= 1)
+        return 0;
+    double nl = g->local - 1.0, nr = (double)(g->n - g->local);
+    return fmax(nl * m->intra_lat + nl / g->n * held / m->intra_bw, nr * m->inter_lat + nr / g->n * held / m->inter_bw);
+}
+
+double moe_cost_p2p_time(const machine *m, const group_link *g, double bytes)
+{
+    return g->n <= 1 ? 0 : moe_cost_link_lat(m, g) + bytes / moe_cost_link_bw(m, g);
+}
+
+moe_status moe_cost_group_links(const moe_layout *l, moe_group_kind k, int rpn, group_link *out)
+{
+    int ng, gs, *ranks;
+    MOE_TRY(moe_layout_groups(l, k, &ng, &gs, &ranks));
+    *out = (group_link){.n = gs, .cross = 0, .local = gs};
+    for (int i = 0; i < ng; i++) {
+        const int *g = ranks + (size_t)i * gs;
+        for (int a = 0; a < gs; a++) {
+            int same = 0;
+            for (int b = 0; b < gs; b++)
+                same += g[b] / rpn == g[a] / rpn;
+            if (same < gs)
+                out->cross = 1;
+            if (same < out->local)
+                out->local = same;
+        }
+    }
+    free(ranks);
+    return MOE_OK;
+}
