@@ -13,6 +13,7 @@
 #include "parallel/pp_schedule.h"
 #include "planner/costmodel.h"
 #include "planner/hwprofile.h"
+#include "planner/placement.h"
 #include "planner/trace.h"
 #include "runtime/base/config.h"
 #include "runtime/base/status.h"
@@ -766,32 +767,6 @@ START_TEST(test_cli)
              "%s plan parallel --config %s/configs/tiny.yaml --world 2 --hw %s/h100-sxm.yaml --bogus 3", moe,
              MOE_SRC_DIR, HW_DIR);
     ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
-    /* the expert load from a routing trace: tiny's 2 MoE layers, 4 experts, top-2; all of it on expert 0 */
-    moe_trace t;
-    ck_assert_int_eq(moe_trace_alloc(&t, 2, 4, 2, 2, 1, 0), MOE_OK);
-    for (int l = 0; l < 2; l++)
-        t.windows[0].load[(size_t)l * 8] = 100;
-    snprintf(path, sizeof path, "%s/r.trace", dir);
-    ck_assert_int_eq(moe_trace_write(path, &t), MOE_OK);
-    moe_trace_free(&t);
-    snprintf(cmd, sizeof cmd,
-             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --tp 1 --cp 1 "
-             "--pp 1 --ep 4 --etp 1 --global-batch 32 --routing-trace %s --json",
-             moe, MOE_SRC_DIR, HW_DIR, path);
-    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
-    ck_assert_msg(strstr(out, "\"expert_imbalance\":4,") && strstr(out, "\"trace_from_step\":0"), "%s", out);
-    snprintf(cmd, sizeof cmd,
-             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --num-experts 8 "
-             "--routing-trace %s",
-             moe, MOE_SRC_DIR, HW_DIR, path);
-    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
-    ck_assert_msg(strstr(out, "2 MoE layers, 4 experts, top-2; the config has 2, 8, top-2"), "%s", out);
-    snprintf(cmd, sizeof cmd,
-             "%s plan parallel --config %s/configs/tiny.yaml --world 4 --hw %s/this-machine.yaml --imbalance 2 "
-             "--routing-trace %s",
-             moe, MOE_SRC_DIR, HW_DIR, path);
-    ck_assert_int_eq(tu_run(cmd, out, sizeof out), 2);
-    ck_assert_msg(strstr(out, "give one"), "%s", out);
     /* the reproduction table */
     snprintf(cmd, sizeof cmd, "%s plan parallel --reproduce --hw-dir %s --json", moe, HW_DIR);
     ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
@@ -801,6 +776,60 @@ START_TEST(test_cli)
     /* and in-process, for the usage path */
     char *argv[] = {"--help"};
     ck_assert_int_eq(moe_plan_parallel_main(1, argv), 0);
+}
+END_TEST
+
+/* --routing-trace: tiny's 2 MoE layers, 4 experts, top-2, all pairs on experts 0
+** and 1 alike: contiguous EP 2 puts both on rank 0 (max/mean 2), EP 4 one each
+** (100 against a mean of 50: 2), a round-robin plan splits them (1). */
+START_TEST(test_cli_routing_trace)
+{
+    char cmd[2048], out[1 << 16], dir[512], trace[600], plan[600];
+    const char *moe = tu_bin("moe");
+    tu_tmpdir(dir, sizeof dir, "trace");
+    moe_trace t;
+    ck_assert_int_eq(moe_trace_alloc(&t, 2, 4, 2, 2, 1, 0), MOE_OK);
+    for (int l = 0; l < 2; l++)
+        t.windows[0].load[(size_t)l * 8] = t.windows[0].load[(size_t)l * 8 + 1] = 100;
+    snprintf(trace, sizeof trace, "%s/r.trace", dir);
+    ck_assert_int_eq(moe_trace_write(trace, &t), MOE_OK);
+    double *w = NULL;
+    ck_assert_int_eq(moe_trace_expert_load(&t, &w), MOE_OK);
+    moe_place_opts po;
+    moe_place_opts_default(&po);
+    po.method = MOE_PLACE_ROUND_ROBIN, po.ep = 2;
+    moe_plan p;
+    ck_assert_int_eq(moe_place(w, 2, 4, &po, &p, NULL), MOE_OK);
+    snprintf(plan, sizeof plan, "%s/rr.plan", dir);
+    ck_assert_int_eq(moe_plan_write(plan, &p), MOE_OK);
+    moe_plan_free(&p), free(w), moe_trace_free(&t);
+    const char *base = "plan parallel --config " MOE_SRC_DIR "/configs/tiny.yaml --world 4 --hw " HW_DIR
+                       "/this-machine.yaml --tp 1 --cp 1 --pp 1 --etp 1 --global-batch 32 --json";
+    const struct {
+        const char *extra, *expect;
+    } ok[] = {{"--ep 4", "\"expert_imbalance\":2,"},
+              {"--ep 2", "\"expert_imbalance\":2,"},
+              {"--ep 2 --expert-placement %s", "\"expert_imbalance\":1,"},
+              {"--ep 4 --expert-placement %s", "\"expert_imbalance\":2,"}}; /* a plan of another EP size: contiguous */
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        char extra[800];
+        snprintf(extra, sizeof extra, ok[i].extra, plan);
+        snprintf(cmd, sizeof cmd, "%s %s %s --routing-trace %s", moe, base, extra, trace);
+        ck_assert_int_eq(tu_run(cmd, out, sizeof out), 0);
+        ck_assert_msg(strstr(out, ok[i].expect) && strstr(out, "\"trace_from_step\":0"), "%s: %s", extra, out);
+    }
+    /* refused: a trace of another model, a trace and --imbalance, no window from the step asked */
+    const struct {
+        const char *extra, *expect;
+    } bad[] = {{"--num-experts 8", "2 MoE layers, 4 experts, top-2; the config has 2, 8, top-2"},
+               {"--imbalance 2", "give one"},
+               {"--trace-from-step 5", "no routed pairs in the windows from step 5"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s --ep 2 %s --routing-trace %s", moe, base, bad[i].extra, trace);
+        ck_assert_int_ne(tu_run(cmd, out, sizeof out), 0);
+        ck_assert_msg(strstr(out, bad[i].expect), "%s: %s", bad[i].extra, out);
+    }
+    remove(plan), remove(trace), remove(dir);
 }
 END_TEST
 
@@ -821,6 +850,7 @@ int main(void)
     tcase_add_test(tc, test_profile_refusals);
     tcase_add_test(tc, test_gemm_efficiency_table);
     tcase_add_test(tc, test_cli);
+    tcase_add_test(tc, test_cli_routing_trace);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
