@@ -201,13 +201,19 @@ static moe_status load_config(const options *o, moe_config *c)
     return MOE_OK;
 }
 
+static int count_moe_layers(const moe_config *c)
+{
+    int n = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        n += c->moe_layer_is_moe[l] != 0;
+    return n;
+}
+
 /* Each EP size's expert load imbalance from --routing-trace: contiguous
 ** experts, or the config's expert-placement plan for its own EP size. */
 static moe_status trace_imbalance(options *o, const moe_config *c)
 {
-    int moe_layers = 0, E = c->num_experts;
-    for (int l = 0; l < c->num_layers; l++)
-        moe_layers += c->moe_layer_is_moe[l] != 0;
+    int moe_layers = count_moe_layers(c), E = c->num_experts;
     moe_trace t = {0};
     moe_plan plan = {0};
     int have_plan = 0;
@@ -335,9 +341,7 @@ static void print_text(FILE *f, const options *o, const moe_config *c, const moe
     counts k = count_layouts(t, n);
     double total, active;
     moe_cost_param_counts(c, &total, &active);
-    int moe_layers = 0;
-    for (int l = 0; l < c->num_layers; l++)
-        moe_layers += c->moe_layer_is_moe[l] != 0;
+    int moe_layers = count_moe_layers(c);
     fprintf(f, "%s: %s on %d ranks of %s (%s), global batch %d x %d tokens\n", PROG, o->config, o->world, hw->name,
             hw->path, c->global_batch_size, c->seq_length);
     fprintf(f, "  model: %d layers (%d MoE), hidden %d, %d experts top-%d, vocab %d; %.4g B parameters (%.4g B "

@@ -242,24 +242,36 @@ double moe_plan_cost(const moe_plan *p, const double *load)
     return s;
 }
 
+/* Contiguous experts on ep ranks for the trace's layers (the loads do not
+** matter to the placement: zeros). */
+static moe_status contiguous_plan(const moe_trace *t, int ep, moe_plan *out)
+{
+    double *zero = calloc((size_t)t->layers * t->experts, sizeof *zero);
+    if (!zero)
+        return moe_fail(MOE_ERR_NOMEM, "trace imbalance: %d layers x %d experts", t->layers, t->experts);
+    moe_place_opts o;
+    moe_place_opts_default(&o);
+    o.method = MOE_PLACE_CONTIGUOUS, o.ep = ep;
+    moe_status st = moe_place(zero, t->layers, t->experts, &o, out, NULL);
+    free(zero);
+    return st;
+}
+
 moe_status moe_plan_trace_imbalance(const moe_trace *t, const moe_plan *plan, int ep, int64_t from_step,
                                     double *out)
 {
     int E = t->experts;
+    moe_plan own = {0};
     if (plan)
         MOE_TRY(moe_plan_check_named(plan, "placement", t->layers, E, plan->ep));
     else if (ep < 1)
         return moe_fail(MOE_ERR_USAGE, "trace imbalance: ep must be >= 1, got %d", ep);
-    int R = plan ? plan->ep : ep;
-    double *w = calloc((size_t)E, sizeof *w), *rank_load = calloc((size_t)R, sizeof *rank_load);
-    int *rank_of = calloc((size_t)E, sizeof *rank_of);
-    if (!w || !rank_load || !rank_of) {
-        free(w), free(rank_load), free(rank_of);
-        return moe_fail(MOE_ERR_NOMEM, "trace imbalance: %d experts", E);
+    else {
+        MOE_TRY(contiguous_plan(t, ep, &own));
+        plan = &own;
     }
-    moe_place_contiguous(E, R, rank_of);
-    double sum_max = 0, sum_mean = 0;
-    for (int k = 0; k < t->nwindows; k++) {
+    double *w = calloc((size_t)E, sizeof *w), sum_max = 0, sum_mean = 0;
+    for (int k = 0; w && k < t->nwindows; k++) {
         const moe_trace_window *win = &t->windows[k];
         if (win->first_step < from_step)
             continue;
@@ -268,20 +280,16 @@ moe_status moe_plan_trace_imbalance(const moe_trace *t, const moe_plan *plan, in
             for (int s = 0; s < t->sources; s++)
                 for (int e = 0; e < E; e++)
                     w[e] += win->load[((size_t)l * t->sources + s) * E + e];
-            double mx = 0, mean = 0;
-            if (plan)
-                moe_plan_layer_load(plan, l, w, &mx, &mean);
-            else {
-                memset(rank_load, 0, (size_t)R * sizeof *rank_load);
-                for (int e = 0; e < E; e++)
-                    rank_load[rank_of[e]] += w[e], mean += w[e] / R;
-                for (int r = 0; r < R; r++)
-                    mx = fmax(mx, rank_load[r]);
-            }
+            double mx, mean;
+            moe_plan_layer_load(plan, l, w, &mx, &mean);
             sum_max += mx, sum_mean += mean;
         }
     }
-    free(w), free(rank_load), free(rank_of);
+    if (plan == &own)
+        moe_plan_free(&own);
+    if (!w)
+        return moe_fail(MOE_ERR_NOMEM, "trace imbalance: %d experts", E);
+    free(w);
     if (!(sum_mean > 0) || !isfinite(sum_max))
         return moe_fail(MOE_ERR_INPUT, "routing trace: no routed pairs in the windows from step %lld",
                         (long long)from_step);
@@ -289,7 +297,7 @@ moe_status moe_plan_trace_imbalance(const moe_trace *t, const moe_plan *plan, in
     return MOE_OK;
 }
 
-static int all_integral(const double *w, int n)
+int moe_place_all_integral(const double *w, int n)
 {
     for (int i = 0; i < n; i++)
         if (w[i] != floor(w[i]))
@@ -310,7 +318,7 @@ double moe_place_layer_bound(const double *w, int experts, int ranks, int copies
     free(cnt);
     double b = fmax(sum / ranks, big);
     /* With one copy each and integer loads every rank load is an integer. */
-    if (copies == 0 && all_integral(w, experts))
+    if (copies == 0 && moe_place_all_integral(w, experts))
         b = ceil(b - 1e-9 * fmax(1, b));
     return b;
 }

@@ -216,12 +216,29 @@ static moe_status scaled_order(const double *w, int experts, int ranks, double s
     return MOE_OK;
 }
 
-static int all_integral(const double *w, int n)
+/* The rows both models share. Columns are (experts, ranks) blocks in
+** position-major order: x0 starts the copy indicators x[i][r], y0 the columns
+** that carry an expert's tokens (x itself without replicas, the shares y with
+** them). Each expert's y sum to 1 (`sum_name`: "one" or "share"); a rank holds
+** at most `slots` copies; a rank's load sum_i ws[order[i]] y[i][r] is at most
+** M (column mcol). cols and coef hold at least max(experts, ranks) + 1. */
+static void add_assignment_rows(Cbc_Model *m, int experts, int ranks, int x0, int y0, int mcol, int slots,
+                                const double *ws, const int *order, const char *sum_name, int *cols, double *coef)
 {
-    for (int i = 0; i < n; i++)
-        if (w[i] != floor(w[i]))
-            return 0;
-    return 1;
+    for (int i = 0; i < experts; i++) {
+        for (int r = 0; r < ranks; r++)
+            cols[r] = y0 + i * ranks + r, coef[r] = 1;
+        Cbc_addRow(m, sum_name, ranks, cols, coef, 'E', 1);
+    }
+    for (int r = 0; r < ranks; r++) {
+        for (int i = 0; i < experts; i++)
+            cols[i] = x0 + i * ranks + r, coef[i] = 1;
+        Cbc_addRow(m, "slots", experts, cols, coef, 'L', slots);
+        for (int i = 0; i < experts; i++)
+            cols[i] = y0 + i * ranks + r, coef[i] = ws[order[i]];
+        cols[experts] = mcol, coef[experts] = -1;
+        Cbc_addRow(m, "load", experts + 1, cols, coef, 'L', 0);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -256,27 +273,15 @@ static void solve_single(const void *arg_, child_header *hdr, void *payload)
         }
     int mcol = experts * ranks;
     Cbc_addCol(m, "M", a->lb, a->start_obj, 1, 0, 0, NULL, NULL);
-    int *cols = malloc(((size_t)experts + 1) * sizeof(int));
-    double *coef = malloc(((size_t)experts + 1) * sizeof(double));
+    size_t wide = (size_t)(experts > ranks ? experts : ranks) + 1;
+    int *cols = malloc(wide * sizeof(int));
+    double *coef = malloc(wide * sizeof(double));
     int *label = malloc((size_t)ranks * sizeof(int)), next = 0;
     int *idx = malloc(((size_t)experts + 1) * sizeof(int));
     double *val = malloc(((size_t)experts + 1) * sizeof(double));
     if (!cols || !coef || !label || !idx || !val)
         _exit(3);
-    for (int i = 0; i < experts; i++) {
-        for (int r = 0; r < ranks; r++)
-            cols[r] = XCOL(i, r), coef[r] = 1;
-        Cbc_addRow(m, "one", ranks, cols, coef, 'E', 1);
-    }
-    for (int r = 0; r < ranks; r++) {
-        for (int i = 0; i < experts; i++)
-            cols[i] = XCOL(i, r), coef[i] = 1;
-        Cbc_addRow(m, "slots", experts, cols, coef, 'L', a->slots);
-        for (int i = 0; i < experts; i++)
-            coef[i] = ws[order[i]];
-        cols[experts] = mcol, coef[experts] = -1;
-        Cbc_addRow(m, "load", experts + 1, cols, coef, 'L', 0);
-    }
+    add_assignment_rows(m, experts, ranks, 0, 0, mcol, a->slots, ws, order, "one", cols, coef);
     Cbc_setObjSense(m, 1);
 
     /* Warm start, ranks relabelled by first appearance in load order so it
@@ -364,7 +369,7 @@ moe_status moe_place_ilp(const double *w, int experts, int ranks, int slots, con
             res->finished = hdr.finished;
         }
         /* Integer loads: every rank load is an integer, so is the optimum. */
-        if (all_integral(w, experts))
+        if (moe_place_all_integral(w, experts))
             res->bound = ceil(res->bound - 1e-7 * fmax(1, res->bound));
         res->bound = fmin(res->bound, res->objective);
     }
@@ -507,20 +512,7 @@ static void solve_replicated(const void *arg_, child_header *hdr, void *payload)
             Cbc_addRow(m, "y<=x", 2, c2, le, 'L', 0);
             Cbc_addRow(m, "y>=fx", 2, c2, ge, 'G', 0);
         }
-    for (int i = 0; i < experts; i++) {
-        for (int r = 0; r < ranks; r++)
-            cols[r] = RY(i, r), coef[r] = 1;
-        Cbc_addRow(m, "share", ranks, cols, coef, 'E', 1);
-    }
-    for (int r = 0; r < ranks; r++) {
-        for (int i = 0; i < experts; i++)
-            cols[i] = RX(i, r), coef[i] = 1;
-        Cbc_addRow(m, "slots", experts, cols, coef, 'L', a->slots);
-        for (int i = 0; i < experts; i++)
-            cols[i] = RY(i, r), coef[i] = ws[order[i]];
-        cols[experts] = mcol, coef[experts] = -1;
-        Cbc_addRow(m, "load", experts + 1, cols, coef, 'L', 0);
-    }
+    add_assignment_rows(m, experts, ranks, RX(0, 0), RY(0, 0), mcol, a->slots, ws, order, "share", cols, coef);
     for (size_t k = 0; k < n; k++)
         cols[k] = (int)k, coef[k] = 1;
     Cbc_addRow(m, "copies", (int)n, cols, coef, 'E', a->copies);

@@ -1,6 +1,6 @@
 /*
-** placement_internal: what placement.c shares with placement_search.c. Not
-** for use outside planner/placement*.c.
+** placement_internal: what placement.c shares with placement_search.c and
+** placement_ilp.c. Not for use outside planner/placement*.c.
 */
 #ifndef MOE_PLACEMENT_INTERNAL_H
 #define MOE_PLACEMENT_INTERNAL_H
@@ -16,5 +16,7 @@ int moe_place_lightest(const double *load, const int *count, int ranks, int slot
 moe_status moe_place_check_room(int experts, int ranks, int slots, int extra);
 /* The busiest rank's load under shares (experts x ranks) of loads w. */
 double moe_place_max_load_shares(const double *w, int experts, int ranks, const double *share);
+/* 1 when every load is a whole number (bounds may then round up). */
+int moe_place_all_integral(const double *w, int n);
 
 #endif
