@@ -47,9 +47,11 @@ typedef struct {
     double imbalance;
     double srow; /* rows of the hidden-size tensors on a rank: ntok / TP with SP */
     int flash, grouped;
+    double rthreads; /* the threads this rank runs: max(1, cores / W) on a shared machine, else 1 */
     double peak_all; /* FLOP/s of all W ranks' devices (a shared machine's: its peak at all its cores) */
     double fill_speedup; /* shared machine, more ranks than cores: how much faster a stage runs while the others
-                            idle in the pipeline's fill and drain (their cores go to it); 1 otherwise */
+                            wait (their cores go to it); 1 otherwise */
+    double slice, cores; /* shared machine: the fraction of a core a rank's thread gets when all W run; its cores */
     double causal, ep_hidden, dp_hidden;
     group_link tp, cp, tpcp, dpcp, pp, ep, etp, edp;
     machine mc;
@@ -85,6 +87,18 @@ static void add_overlapped(mb_cost *c, moe_comm_dim d, double t, double window, 
 static double gemm_calls(const ctx *x, mb_cost *c, double calls, double M, double K, double N)
 {
     double t = calls * (x->mc.kern + moe_cost_gemm_time(&x->mc, M, K, N));
+    c->compute += t;
+    c->calls += calls;
+    return t;
+}
+
+/* The fp32 attention kernels' GEMMs: `calls` calls of M x K x N among `par`
+** independent ones that run side by side, one single-threaded call per
+** thread of the rank (the kernels parallelise over (sequence, head)), on
+** tiles the kernel has just touched (cached rates). */
+static double attention_gemms(const ctx *x, mb_cost *c, double calls, double par, double M, double K, double N)
+{
+    double t = calls * (x->mc.kern + moe_cost_gemm_time_cached(&x->mc, M, K, N)) / fmax(1, fmin(x->rthreads, par));
     c->compute += t;
     c->calls += calls;
     return t;
@@ -152,44 +166,84 @@ static void small_allreduce(const ctx *x, mb_cost *c, moe_comm_dim d, const grou
 
 #define ATT_BLOCK 64.0 /* rows / keys per block of this runtime's attention kernels (layers/attention*.c) */
 
+/* The score elements the fp32 attention kernels' own work (everything but
+** their GEMMs: scores scaled and masked, softmax, dS) runs over on this rank
+** per direction: CP = 1 (attention.c) the causal rows, heads x Tl (Tl + 1) / 2;
+** CP > 1 (attention_block.c) every tile a ring hop visits, in full. A rank
+** holds chunks j and 2CP-1-j of 2CP (model_attn.c), so of the (2CP)^2 chunk
+** pairs it sees its 2 diagonal ones and 2CP - 1 whole ones: in 64 x 64 tiles
+** of nc = chunk / 64 per chunk side, nc (nc + 1) + (2CP - 1) nc^2; with Tl
+** at most 64, one Tl x Tl tile per hop. *tiles, *tile: the visited tiles
+** and their side (CP > 1). */
+static double attention_elems(const ctx *x, double *tiles, double *tile)
+{
+    double heads = x->b * x->NH / x->TP, Tl = x->T / x->CP;
+    if (x->CP == 1) {
+        *tiles = *tile = 0;
+        return heads * Tl * (Tl + 1) / 2;
+    }
+    if (Tl <= ATT_BLOCK) {
+        *tile = Tl;
+        *tiles = heads * x->CP;
+    } else {
+        double nc = Tl / 2 / ATT_BLOCK;
+        *tile = ATT_BLOCK;
+        *tiles = heads * (nc * (nc + 1) + (2 * x->CP - 1) * nc * nc);
+    }
+    return *tiles * *tile * *tile;
+}
+
+/* `kernels` calls of an attention kernel's own work over `elems` score
+** elements at `rate` (the profile's attention_gelems or
+** attention_block_gelems, measured on the whole kernel less its GEMMs:
+** the blocked kernel's accumulator init and finish included). */
+static double attention_pass(const ctx *x, mb_cost *c, double kernels, double elems, double rate)
+{
+    double t = kernels * x->mc.kern + elems / rate;
+    c->compute += t;
+    c->ew += t;
+    c->calls += kernels;
+    return t;
+}
+
 /* The attention scores and values of one layer (forward and backward) on
 ** this rank; returns the forward time, the window the CP ring hides behind.
-** fp32 (this runtime): its kernels, GEMM call by GEMM call. CP = 1
-** (attention.c): per (sequence, head) and block of 64 query rows r0..r1,
-** a scores GEMM (rows x HD x r1) and a values GEMM (rows x r1 x HD) forward,
-** four of that size backward, around the fp32 T x T probabilities (softmax
-** writes them; backward reads them and writes dS). CP > 1 (attention_block.c,
-** one region per ring hop): per (sequence, head) and visible 64 x 64 tile, 2
-** GEMMs forward and 5 backward. bf16 (Megatron): one fused flash kernel per
-** hop forward, two backward, by roofline over all its FLOPs and bytes. */
+** fp32 (this runtime): its kernels, GEMM call by GEMM call (the (sequence,
+** head) pairs spread over the rank's threads, each GEMM single-threaded, on
+** cached operands), and their own work per score element at the profile's
+** measured rates. CP = 1
+** (attention.c): per (sequence, head) and block of 64 query rows r0..r1, a
+** scores GEMM (rows x HD x r1) and a values GEMM (rows x r1 x HD) forward,
+** four of that size backward, around the fp32 T x T probabilities (one
+** kernel forward, two backward). CP > 1 (attention_block.c, one region per
+** ring hop): per (sequence, head) and visible 64 x 64 tile, 2 GEMMs forward
+** and 5 backward. bf16 (Megatron): one fused flash kernel per hop forward,
+** two backward, by roofline over all its FLOPs and bytes. */
 static double attention_core(const ctx *x, mb_cost *f, mb_cost *b)
 {
     const machine *m = &x->mc;
     double heads = x->b * x->NH / x->TP, Tl = x->T / x->CP, HD = x->HD;
     if (x->prec == MOE_PREC_FP32 && !x->flash) {
-        double t0 = f->compute;
+        double t0 = f->compute, tiles, tile, elems = attention_elems(x, &tiles, &tile);
         for (double r0 = 0; r0 < Tl; r0 += ATT_BLOCK) {
             double rows = fmin(ATT_BLOCK, Tl - r0), r1 = fmin(r0 + ATT_BLOCK, Tl);
-            gemm_calls(x, f, heads, rows, HD, r1);
-            gemm_calls(x, f, heads, rows, r1, HD);
-            gemm_calls(x, b, 2 * heads, rows, HD, r1);
-            gemm_calls(x, b, 2 * heads, rows, r1, HD);
+            attention_gemms(x, f, heads, heads, rows, HD, r1);
+            attention_gemms(x, f, heads, heads, rows, r1, HD);
+            attention_gemms(x, b, 2 * heads, heads, rows, HD, r1);
+            attention_gemms(x, b, 2 * heads, heads, rows, r1, HD);
         }
-        double probs = heads * Tl * x->T * 4;
-        softmax_pass(x, f, 1, 2 * probs, heads * Tl * (Tl + 1) / 2); /* causal softmax rows, forward region */
-        ew_pass(x, b, 2, 3 * probs); /* dS = P (dP - rowsum), the backward regions */
+        attention_pass(x, f, 1, elems, m->attrate);
+        attention_pass(x, b, 2, elems, m->attrate);
         return f->compute - t0;
     }
     if (x->prec == MOE_PREC_FP32) {
-        double nq = ceil(Tl / ATT_BLOCK), tile = fmin(ATT_BLOCK, Tl);
-        double tiles = heads * x->CP * nq * nq * (nq + 1) / (2 * nq); /* causal: the diagonal and below */
+        double tiles, tile, elems = attention_elems(x, &tiles, &tile);
         double t0 = f->compute;
-        gemm_calls(x, f, 2 * tiles, tile, HD, tile);
-        gemm_calls(x, b, 5 * tiles, tile, HD, tile);
-        double out = x->ntok * x->C / x->TP * m->w;
-        /* hop regions (online softmax of each tile; backward recomputes P), accumulator init and finish, prep */
-        softmax_pass(x, f, x->CP + 2, 3 * out, tiles * tile * tile);
-        softmax_pass(x, b, x->CP + 1, 3 * out, tiles * tile * tile);
+        attention_gemms(x, f, 2 * tiles, heads, tile, HD, tile);
+        attention_gemms(x, b, 5 * tiles, x->b * x->NKV / x->TP, tile, HD, tile); /* backward: per (sequence, kv head) */
+        /* hop regions, accumulator init and finish; backward: prep and hop regions (P recomputed) */
+        attention_pass(x, f, x->CP + 2, elems, m->blockrate);
+        attention_pass(x, b, x->CP + 1, elems, m->blockrate);
         return f->compute - t0;
     }
     /* fused: scores and values, 4 ntok T C / TP FLOPs, CP ranks see all T keys */
@@ -204,6 +258,17 @@ static double attention_core(const ctx *x, mb_cost *f, mb_cost *b)
     b->compute += 2 * x->CP * m->kern + 2 * core;
     b->calls += 2 * x->CP;
     return core;
+}
+
+/* The contract is in costmodel.h. */
+void moe_cost_attention_parts(int B, int T, int NH, int HD, int cp, double *elems, double *passes)
+{
+    ctx x;
+    memset(&x, 0, sizeof x);
+    x.b = B, x.T = T, x.NH = NH, x.HD = HD, x.TP = 1, x.CP = cp;
+    double tiles, tile;
+    *elems = attention_elems(&x, &tiles, &tile);
+    *passes = cp == 1 ? 1 + 2 : (cp + 2) + (cp + 1); /* attention_core's attention_pass calls */
 }
 
 /* Attention of one layer, forward and backward, as model_attn.c runs it. */
@@ -553,15 +618,19 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
         x->ep_hidden = 0;
 
     double share = rank_share(hw, l->world), slice = rank_slice(hw, l->world);
+    x->rthreads = hw->shared && hw->cores / l->world > 1 ? hw->cores / l->world : 1;
     x->fill_speedup = rank_slice(hw, l->world / l->pp) / slice;
+    x->slice = slice, x->cores = hw->cores;
     machine *m = &x->mc;
     m->peak = hw->gemm_tflops * 1e12 * share;
     x->peak_all = hw->shared ? hw->gemm_tflops * 1e12 * hw->cores / hw->threads : hw->gemm_tflops * 1e12 * l->world;
     m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
-    m->table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw;
+    m->table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw;
     m->membw = hw->mem_bw_gbs * 1e9 * share;
     m->ewbw = hw->elementwise_gbs * 1e9 * share;
     m->smrate = hw->softmax_gelems * 1e9 * share;
+    m->attrate = hw->attention_gelems * 1e9 * share;
+    m->blockrate = hw->attention_block_gelems * 1e9 * share;
     m->kern = hw->kernel_overhead_us * 1e-6 / slice;
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
@@ -647,7 +716,31 @@ static void credit_burst(const ctx *x, moe_cost_report *r)
     }
 }
 
-static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
+/* 1F1B on a shared machine whose ranks outnumber its cores: each stage's
+** per-micro-batch times at the rate of all W ranks sharing the cores (slice
+** of a core each) are its times on whole cores / slice; simulated with the
+** cores going to the stages that have work. Sets bubble_s to the pipeline
+** less m (tf + tb) of the slowest stage (negative when sharing fewer cores
+** than the steady state assumes makes it shorter). */
+static moe_status shared_pipeline(const ctx *x, moe_cost_report *r, double per_mb)
+{
+    double *tf = malloc(2 * (size_t)x->PP * sizeof *tf), pipe;
+    if (!tf)
+        return moe_fail(MOE_ERR_NOMEM, "cost model: %d pipeline stages", x->PP);
+    double *tb = tf + x->PP;
+    for (int s = 0; s < x->PP; s++) {
+        mb_cost f, b;
+        stage_cost(x, s, &f, &b);
+        tf[s] = mb_total(&f) * x->slice, tb[s] = mb_total(&b) * x->slice;
+    }
+    moe_status st = moe_cost_pipeline_shared(x->PP, x->m, tf, tb, (double)x->W / x->PP * x->rthreads, x->cores, &pipe);
+    free(tf);
+    MOE_TRY(st);
+    r->bubble_s = pipe - x->m * per_mb;
+    return MOE_OK;
+}
+
+static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
 {
     memset(r, 0, sizeof *r);
     r->world = x->W, r->tp = x->TP, r->cp = x->CP, r->pp = x->PP, r->dp = x->DP;
@@ -661,8 +754,10 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     ** it: 1F1B takes m (tf + tb) of the slowest stage plus one forward and
     ** backward of each other stage (per virtual stage 1/v of it), which for
     ** equal stages is the (p-1)/v (tf + tb) bubble. On a shared machine
-    ** with more ranks than cores the fill and drain run one stage's ranks at
-    ** a time, which then have the cores the idle ones leave. */
+    ** with more ranks than cores a waiting stage leaves its cores to the
+    ** others: 1F1B is simulated op by op with the cores shared among the
+    ** stages that have work (shared_pipeline); with virtual stages the
+    ** bubble alone runs at the speed of one stage's ranks on the cores. */
     mb_cost f, b, fs = {0}, bs = {0};
     double slow = -1, all = 0;
     for (int s = 0; s < x->PP; s++) {
@@ -680,6 +775,8 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
     r->kernel_calls = x->m * (fs.calls + bs.calls);
     r->overhead_s = r->kernel_calls * x->mc.kern;
     r->bubble_s = (all - per_mb) / x->v / x->fill_speedup;
+    if (x->fill_speedup > 1 && x->v == 1)
+        MOE_TRY(shared_pipeline(x, r, per_mb));
     r->bubble_fraction = (x->PP - 1.0) / (x->v * x->m + x->PP - 1.0);
     for (int d = 0; d < MOE_COMM_N; d++) {
         r->comm[d].exposed_s = x->m * (fs.exposed[d] + bs.exposed[d]);
@@ -731,6 +828,7 @@ static void fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe
                  r->mem_total / 1073741824.0, r->mem_stage, r->mem_params / 1073741824.0,
                  r->mem_grads / 1073741824.0, r->mem_optimizer / 1073741824.0, r->mem_activations / 1073741824.0,
                  r->mem_buffers / 1073741824.0, mem_cap / 1073741824.0);
+    return MOE_OK;
 }
 
 moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, const moe_cost_opts *o,
@@ -747,7 +845,7 @@ moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, cons
     MOE_TRY_GOTO(moe_cost_check_layout(cfg, o, &l), st, done);
     MOE_TRY_GOTO(setup(&x, cfg, &l, hw, o), st, done);
     double cap = hw->mem_gib * 1073741824.0 * o->mem_usable / (hw->shared ? l.world : 1);
-    fill_report(&x, cfg, cap, out);
+    MOE_TRY_GOTO(fill_report(&x, cfg, cap, out), st, done);
     out->link_efficiency = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
 done:
     free(cfg);
@@ -777,7 +875,7 @@ moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_
     machine m = {
         .peak = hw->gemm_tflops * 1e12 * rank_share(hw, W),
         .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
-        .table = o->gemm_efficiency > 0 || hw->eff_points < 2 ? NULL : hw,
+        .table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw,
         .membw = hw->mem_bw_gbs * 1e9 * rank_share(hw, W),
         .ewbw = hw->elementwise_gbs * 1e9 * rank_share(hw, W),
         .smrate = hw->softmax_gelems * 1e9 * rank_share(hw, W),

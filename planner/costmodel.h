@@ -19,13 +19,15 @@
 ** one values GEMM per (sequence, head, 64-row block), four backward (CP > 1:
 ** 2 and 5 per visible 64 x 64 tile per ring hop); bf16 attention one fused
 ** flash kernel per hop forward, two backward, by roofline over all of it.
-** Element-wise passes (RMSNorm, RoPE, softmax probabilities, SwiGLU, router
-** softmax / losses, route plan, permute per destination rank, unpermute,
-** residual adds, cross-entropy over fp32 logits, zeroed gradient buffers,
-** copies) are counted per layer from model_attn.c / model_ffn.c /
-** model_step.c, each costing kernel_overhead + its bytes / elementwise_gbs;
-** softmax passes (attention rows, router, cross-entropy) the longer of that
-** and their exponentials / softmax_gelems. fp32's zero-filled gradient
+** Element-wise passes (RMSNorm, RoPE, SwiGLU, router softmax / losses,
+** route plan, permute per destination rank, unpermute, residual adds,
+** cross-entropy over fp32 logits, zeroed gradient buffers, copies) are
+** counted per layer from model_attn.c / model_ffn.c / model_step.c, each
+** costing kernel_overhead + its bytes / elementwise_gbs; softmax passes
+** (router, cross-entropy) the longer of that and their exponentials /
+** softmax_gelems. The fp32 attention kernels' own work (beyond their GEMMs)
+** costs its score elements / attention_gelems (CP = 1: the causal rows) or
+** attention_block_gelems (CP > 1: the visited tiles), per direction. fp32's zero-filled gradient
 ** buffers are left out for bf16 (Megatron writes its gradients). On a
 ** shared machine a rank gets the profile's rates (measured with `threads`
 ** threads) x its own threads max(1, cores / W) / threads, x cores / (W x its
@@ -155,11 +157,12 @@ typedef struct {
     double bwd_mb_s;         /* the same, backward */
     double compute_s;        /* m x (forward + backward compute) on the slowest stage: GEMMs, element-wise
                                 passes and the kernel overhead of both */
-    double elementwise_s;    /* of which element-wise passes (their bytes and kernel overheads) */
+    double elementwise_s;    /* of which element-wise passes and the attention kernels' own work (with
+                                their kernel overheads) */
     double kernel_calls;     /* kernel calls (GEMM calls + element-wise passes) in compute_s */
     double overhead_s;       /* of compute_s: kernel_calls x the profile's kernel_overhead_us */
     moe_cost_comm comm[MOE_COMM_N];
-    double bubble_s;
+    double bubble_s;         /* pipeline time beyond m x the slowest stage's tf + tb (< 0: see docs, oversubscribed) */
     double bubble_fraction;  /* (p-1) / (v m + p - 1): the schedule's idle fraction for equal stages */
     double optimizer_s;
     double step_s;
@@ -177,6 +180,27 @@ typedef struct {
 ** head) and those one token uses (moe_active_params' count: top-k experts,
 ** the embedding once). */
 void moe_cost_param_counts(const moe_config *c, double *total, double *active);
+
+/* The fp32 attention kernels' own work (beyond their GEMMs) as the model
+** counts it for one layer and micro-batch on one rank: B sequences of T
+** tokens, NH heads of HD, context parallelism cp (1: attention.c; > 1:
+** attention_block.c on one of cp ranks, every ring hop). *elems: the score
+** elements per direction; *passes: its kernel calls, forward and backward,
+** each of which the model charges kernel_overhead_us. moe bench calibrate
+** solves a kernel's time less its GEMMs' for attention_gelems /
+** attention_block_gelems with them. */
+void moe_cost_attention_parts(int B, int T, int NH, int HD, int cp, double *elems, double *passes);
+
+/* A 1F1B pipeline of p stages and m micro-batches on a shared machine:
+** stage s takes tf[s] forward and tb[s] backward per micro-batch on whole
+** cores, its ranks using rank_threads threads in all (ranks per stage x
+** threads each); while A stages have an op under way each runs at
+** min(1, cores / (A x rank_threads)) of that speed (processor sharing), so
+** a waiting stage's cores go to the others. Simulated op by op; *out: the
+** seconds until the last backward ends. MOE_ERR_USAGE for a non-positive
+** size, MOE_ERR_NOMEM. (planner/costmodel_pipe.c) */
+moe_status moe_cost_pipeline_shared(int p, int m, const double *tf, const double *tb, double rank_threads,
+                                    double cores, double *out);
 
 /* Forward activations (micro-batch x model chunk) stage s of p holds at once
 ** under 1F1B with m micro-batches and v virtual stages: parallel/

@@ -24,6 +24,8 @@ typedef struct {
     double membw;       /* bytes/s per rank */
     double ewbw;        /* bytes/s per rank of element-wise passes */
     double smrate;      /* elements/s per rank of softmax passes */
+    double attrate;     /* score elements/s per rank of the fp32 attention kernel's own work (CP = 1) */
+    double blockrate;   /* tile elements/s per rank of the blocked attention kernel's own work (CP > 1) */
     double kern;        /* s: fixed cost of one kernel call */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
     double intra_lat, inter_lat; /* s */
@@ -34,8 +36,10 @@ typedef struct {
 /* Efficiency of one GEMM of `flops`: the profile's table at that size when
 ** it has one (and no --gemm-efficiency override), else the single factor. */
 double moe_cost_eff_at(const machine *m, double flops);
-/* Roofline of one GEMM call, without its kernel overhead. */
+/* Roofline of one GEMM call, without its kernel overhead; _cached: on
+** operands already in cache (the profile's cached table, if it has one). */
 double moe_cost_gemm_time(const machine *m, double M, double K, double N);
+double moe_cost_gemm_time_cached(const machine *m, double M, double K, double N);
 double moe_cost_link_bw(const machine *m, const group_link *g);
 double moe_cost_link_lat(const machine *m, const group_link *g);
 /* A ring collective of `steps` steps sending `bytes` per rank in all. */

@@ -14,12 +14,23 @@ double moe_cost_eff_at(const machine *m, double flops)
     return m->table ? moe_hwprofile_gemm_efficiency(m->table, flops) : m->eff;
 }
 
-double moe_cost_gemm_time(const machine *m, double M, double K, double N)
+static double gemm_roofline(const machine *m, double M, double K, double N, double eff)
 {
     if (M <= 0 || K <= 0 || N <= 0)
         return 0;
     double flops = 2.0 * M * K * N, bytes = (M * K + K * N + M * N) * m->w;
-    return fmax(flops / (m->peak * moe_cost_eff_at(m, flops)), bytes / m->membw);
+    return fmax(flops / (m->peak * eff), bytes / m->membw);
+}
+
+double moe_cost_gemm_time(const machine *m, double M, double K, double N)
+{
+    return gemm_roofline(m, M, K, N, moe_cost_eff_at(m, 2.0 * M * K * N));
+}
+
+double moe_cost_gemm_time_cached(const machine *m, double M, double K, double N)
+{
+    double flops = 2.0 * M * K * N;
+    return gemm_roofline(m, M, K, N, m->table ? moe_hwprofile_gemm_efficiency_cached(m->table, flops) : m->eff);
 }
 
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }

@@ -38,6 +38,8 @@ static const field_def FIELDS[MOE_HW_NFIELDS] = {
     [MOE_HW_KERNEL_OVERHEAD_US] = {"kernel_overhead_us", F_REAL, OFF(kernel_overhead_us), 0, 1e4},
     [MOE_HW_ELEMENTWISE_GBS] = {"elementwise_gbs", F_REAL, OFF(elementwise_gbs), 1e-3, 1e6},
     [MOE_HW_SOFTMAX_GELEMS] = {"softmax_gelems", F_REAL, OFF(softmax_gelems), 1e-3, 1e6},
+    [MOE_HW_ATTENTION_GELEMS] = {"attention_gelems", F_REAL, OFF(attention_gelems), 1e-3, 1e6},
+    [MOE_HW_ATTENTION_BLOCK_GELEMS] = {"attention_block_gelems", F_REAL, OFF(attention_block_gelems), 1e-3, 1e6},
     [MOE_HW_CORES] = {"cores", F_INT, OFF(cores), 1, 1 << 20},
     [MOE_HW_THREADS] = {"threads", F_INT, OFF(threads), 1, 1 << 20},
     [MOE_HW_OVERSUB_LAT_US] = {"oversubscribed_latency_us", F_REAL, OFF(oversub_lat_us), 0, 1e6},
@@ -55,20 +57,28 @@ int moe_hwprofile_dtype_bytes(const moe_hwprofile *hw)
     return strcmp(hw->dtype, "bf16") == 0 ? 2 : 4;
 }
 
+static double table_at(const moe_hw_efftable *t, double flops)
+{
+    int n = t->points;
+    if (flops <= t->flops[0])
+        return t->value[0];
+    if (flops >= t->flops[n - 1])
+        return t->value[n - 1];
+    int i = 1;
+    while (t->flops[i] < flops)
+        i++;
+    double f = log(flops / t->flops[i - 1]) / log(t->flops[i] / t->flops[i - 1]);
+    return t->value[i - 1] + f * (t->value[i] - t->value[i - 1]);
+}
+
 double moe_hwprofile_gemm_efficiency(const moe_hwprofile *hw, double flops)
 {
-    int n = hw->eff_points;
-    if (n < 2)
-        return hw->gemm_efficiency;
-    if (flops <= hw->eff_flops[0])
-        return hw->eff_value[0];
-    if (flops >= hw->eff_flops[n - 1])
-        return hw->eff_value[n - 1];
-    int i = 1;
-    while (hw->eff_flops[i] < flops)
-        i++;
-    double t = log(flops / hw->eff_flops[i - 1]) / log(hw->eff_flops[i] / hw->eff_flops[i - 1]);
-    return hw->eff_value[i - 1] + t * (hw->eff_value[i] - hw->eff_value[i - 1]);
+    return hw->eff.points < 2 ? hw->gemm_efficiency : table_at(&hw->eff, flops);
+}
+
+double moe_hwprofile_gemm_efficiency_cached(const moe_hwprofile *hw, double flops)
+{
+    return hw->eff_cached.points < 2 ? moe_hwprofile_gemm_efficiency(hw, flops) : table_at(&hw->eff_cached, flops);
 }
 
 // ----------------------------------------------------------------------------
@@ -185,48 +195,55 @@ static moe_status read_sourced(reader *r, size_t line, moe_hw_field k, moe_hwpro
     return MOE_OK;
 }
 
-static moe_status number_of(reader *r, size_t line, const char *s, double *v)
+static moe_status number_of(reader *r, size_t line, const char *key, const char *s, double *v)
 {
     char *end;
     errno = 0;
     *v = strtod(s, &end);
     if (!*s || *end || errno || !isfinite(*v))
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: '%s' is not a number", r->path, line, s);
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: '%s' is not a number", r->path, line, key, s);
     return MOE_OK;
 }
 
-/* One [flops, efficiency] pair after its SEQUENCE_START. */
-static moe_status read_point(reader *r, size_t line, moe_hwprofile *hw)
+/* "key: what", for expect's message. */
+static const char *what_of(char *buf, size_t cap, const char *key, const char *what)
 {
+    snprintf(buf, cap, "%s: %s", key, what);
+    return buf;
+}
+
+/* One [flops, efficiency] pair of table `key` after its SEQUENCE_START. */
+static moe_status read_point(reader *r, size_t line, const char *key, moe_hw_efftable *t)
+{
+    char what[96];
     double v[2];
     for (int i = 0; i < 2; i++) {
         yaml_event_t ev;
-        MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, "gemm_efficiency_table: a point [flops, efficiency]"));
-        moe_status st = number_of(r, line, (const char *)ev.data.scalar.value, &v[i]);
+        MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, what_of(what, sizeof what, key, "a point [flops, efficiency]")));
+        moe_status st = number_of(r, line, key, (const char *)ev.data.scalar.value, &v[i]);
         yaml_event_delete(&ev);
         MOE_TRY(st);
     }
     yaml_event_t ev;
-    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_END_EVENT, "gemm_efficiency_table: a point of two numbers"));
+    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_END_EVENT, what_of(what, sizeof what, key, "a point of two numbers")));
     yaml_event_delete(&ev);
-    int n = hw->eff_points;
+    int n = t->points;
     if (n == MOE_HW_EFF_POINTS)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: more than %d points", r->path, line,
-                        MOE_HW_EFF_POINTS);
-    if (v[0] <= 0 || (n > 0 && v[0] <= hw->eff_flops[n - 1]))
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: flops %g must be > 0 and above the point before",
-                        r->path, line, v[0]);
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: more than %d points", r->path, line, key, MOE_HW_EFF_POINTS);
+    if (v[0] <= 0 || (n > 0 && v[0] <= t->flops[n - 1]))
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: flops %g must be > 0 and above the point before", r->path, line,
+                        key, v[0]);
     if (v[1] <= 0 || v[1] > 1)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: efficiency %g is out of range (0, 1]", r->path,
-                        line, v[1]);
-    hw->eff_flops[n] = v[0], hw->eff_value[n] = v[1], hw->eff_points = n + 1;
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: efficiency %g is out of range (0, 1]", r->path, line, key, v[1]);
+    t->flops[n] = v[0], t->value[n] = v[1], t->points = n + 1;
     return MOE_OK;
 }
 
-static moe_status read_points(reader *r, size_t line, moe_hwprofile *hw)
+static moe_status read_points(reader *r, size_t line, const char *key, moe_hw_efftable *t)
 {
     yaml_event_t ev;
-    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_START_EVENT, "gemm_efficiency_table: points as a list"));
+    char what[96];
+    MOE_TRY(expect(r, &ev, YAML_SEQUENCE_START_EVENT, what_of(what, sizeof what, key, "points as a list")));
     yaml_event_delete(&ev);
     for (;;) {
         MOE_TRY(next_event(r, &ev));
@@ -236,20 +253,21 @@ static moe_status read_points(reader *r, size_t line, moe_hwprofile *hw)
         if (end)
             break;
         if (!pt)
-            return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: each point is [flops, efficiency]",
-                            r->path, l);
-        MOE_TRY(read_point(r, l, hw));
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: each point is [flops, efficiency]", r->path, l, key);
+        MOE_TRY(read_point(r, l, key, t));
     }
-    if (hw->eff_points < 2)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: needs at least 2 points", r->path, line);
+    if (t->points < 2)
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: needs at least 2 points", r->path, line, key);
     return MOE_OK;
 }
 
-/* `gemm_efficiency_table: {source: S, points: [[f, e], ...]}`, its key read. */
-static moe_status read_table(reader *r, size_t line, moe_hwprofile *hw)
+/* `key: {source: S, points: [[f, e], ...]}` into t, its key read. */
+static moe_status read_table(reader *r, size_t line, const char *key, moe_hw_efftable *t)
 {
     yaml_event_t ev;
-    MOE_TRY(expect(r, &ev, YAML_MAPPING_START_EVENT, "gemm_efficiency_table: a mapping of source and points"));
+    char what[96];
+    MOE_TRY(expect(r, &ev, YAML_MAPPING_START_EVENT,
+                   what_of(what, sizeof what, key, "a mapping of source and points")));
     yaml_event_delete(&ev);
     int have_points = 0;
     for (;;) {
@@ -264,22 +282,22 @@ static moe_status read_table(reader *r, size_t line, moe_hwprofile *hw)
             snprintf(sub, sizeof sub, "%s", (const char *)ev.data.scalar.value);
         yaml_event_delete(&ev);
         if (strcmp(sub, "points") == 0 && !have_points) {
-            MOE_TRY(read_points(r, l, hw));
+            MOE_TRY(read_points(r, l, key, t));
             have_points = 1;
-        } else if (strcmp(sub, "source") == 0 && !hw->eff_source[0]) {
-            MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, "gemm_efficiency_table: source as a string"));
-            moe_status st = copy_text(r, l, "gemm_efficiency_table source", (const char *)ev.data.scalar.value,
-                                      hw->eff_source, sizeof hw->eff_source);
+        } else if (strcmp(sub, "source") == 0 && !t->source[0]) {
+            MOE_TRY(expect(r, &ev, YAML_SCALAR_EVENT, what_of(what, sizeof what, key, "source as a string")));
+            moe_status st = copy_text(r, l, key, (const char *)ev.data.scalar.value, t->source,
+                                      sizeof t->source);
             yaml_event_delete(&ev);
             MOE_TRY(st);
         } else
-            return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table: unexpected or repeated key '%s' "
-                            "(expected source and points)", r->path, l, sub);
+            return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s: unexpected or repeated key '%s' (expected source and points)",
+                            r->path, l, key, sub);
     }
     if (!have_points)
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table has no points", r->path, line);
-    if (!hw->eff_source[strspn(hw->eff_source, " \t")])
-        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table has no source", r->path, line);
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s has no points", r->path, line, key);
+    if (!t->source[strspn(t->source, " \t")])
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: %s has no source", r->path, line, key);
     return MOE_OK;
 }
 
@@ -298,15 +316,20 @@ static moe_status read_pair(reader *r, const char *key, size_t line, moe_hwprofi
     int k = field_of(key);
     int is_name = strcmp(key, "name") == 0, is_desc = strcmp(key, "description") == 0;
     int is_table = strcmp(key, "gemm_efficiency_table") == 0;
-    if (k < 0 && !is_name && !is_desc && !is_table)
+    int is_cached = strcmp(key, "gemm_efficiency_table_cached") == 0;
+    if (k < 0 && !is_name && !is_desc && !is_table && !is_cached)
         return moe_fail(MOE_ERR_USAGE, "%s:%zu: unknown key '%s'", r->path, line, key);
-    int slot = is_name ? MOE_HW_NFIELDS : is_desc ? MOE_HW_NFIELDS + 1 : is_table ? MOE_HW_NFIELDS + 2 : k;
+    int slot = is_name      ? MOE_HW_NFIELDS
+               : is_desc    ? MOE_HW_NFIELDS + 1
+               : is_table   ? MOE_HW_NFIELDS + 2
+               : is_cached  ? MOE_HW_NFIELDS + 3
+                            : k;
     if (seen[slot])
         return moe_fail(MOE_ERR_USAGE, "%s:%zu: '%s' given twice (first at line %zu)", r->path, line, key,
                         seen[slot]);
     seen[slot] = line;
-    if (is_table)
-        return read_table(r, line, hw);
+    if (is_table || is_cached)
+        return read_table(r, line, key, is_table ? &hw->eff : &hw->eff_cached);
     MOE_TRY(next_event(r, &ev));
     if (is_name || is_desc) {
         moe_status st = ev.type == YAML_SCALAR_EVENT
@@ -337,7 +360,7 @@ static moe_status read_pair(reader *r, const char *key, size_t line, moe_hwprofi
 static moe_status read_document(reader *r, moe_hwprofile *hw)
 {
     yaml_event_t ev;
-    size_t seen[MOE_HW_NFIELDS + 3] = {0};
+    size_t seen[MOE_HW_NFIELDS + 4] = {0};
     MOE_TRY(expect(r, &ev, YAML_STREAM_START_EVENT, "a YAML stream"));
     yaml_event_delete(&ev);
     MOE_TRY(next_event(r, &ev));
@@ -369,6 +392,9 @@ static moe_status read_document(reader *r, moe_hwprofile *hw)
     for (int k = 0; k < MOE_HW_NFIELDS; k++)
         if (!seen[k])
             return moe_fail(MOE_ERR_USAGE, "%s: missing key '%s'", r->path, FIELDS[k].key);
+    if (seen[MOE_HW_NFIELDS + 3] && !seen[MOE_HW_NFIELDS + 2])
+        return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table_cached without gemm_efficiency_table (the "
+                        "out-of-cache table it complements)", r->path, seen[MOE_HW_NFIELDS + 3]);
     return MOE_OK;
 }
 

@@ -35,6 +35,15 @@
 ** longer of their bytes at elementwise_gbs and their elements at
 ** softmax_gelems (exp-bound on a CPU, memory-bound on a GPU).
 **
+** attention_gelems and attention_block_gelems are the fp32 runtime's
+** attention kernels' own work (scale, mask, softmax, its backward's dS:
+** everything but their GEMMs, which the GEMM terms cost), in score elements
+** per direction per second: the CP = 1 kernel (layers/attention.c) over the
+** causal rows, the blocked kernel of context parallelism
+** (layers/attention_block.c) over every tile a ring hop visits. `moe bench
+** calibrate` measures both. bf16 profiles (fused attention, costed by
+** roofline) do not use them.
+**
 ** cores and threads describe a shared machine: its rates (GEMM peak and
 ** table, bandwidths, element-wise and softmax rates) are those of one rank
 ** running `threads` threads; W ranks each run max(1, cores / W) threads
@@ -69,6 +78,14 @@
 ** required and is what the table is absent from (and --gemm-efficiency
 ** overrides both).
 **
+** Optional key `gemm_efficiency_table_cached`, the same format: the
+** efficiencies of GEMMs whose operands are already in cache, which the
+** calibration measures by repeating each call on the same operands (the
+** table above walks memory, as most of a step's GEMMs find their weights
+** evicted by the kernels between). The cost model uses it for the fp32
+** attention kernels' GEMMs, whose tiles the same kernel has just written
+** or read; without it they take the table above.
+**
 ** Memory: moe_hwprofile is a plain value; nothing is allocated after return.
 */
 #ifndef MOE_HWPROFILE_H
@@ -93,6 +110,8 @@ typedef enum {
     MOE_HW_KERNEL_OVERHEAD_US, /* fixed time of one kernel call (a GEMM or an element-wise pass) beyond its roofline */
     MOE_HW_ELEMENTWISE_GBS,  /* rate element-wise passes move data at (whole device / machine), GB/s */
     MOE_HW_SOFTMAX_GELEMS,   /* rate softmax passes (max, exp, sum, normalise) take elements at, 1e9/s */
+    MOE_HW_ATTENTION_GELEMS, /* fp32 attention kernel (CP = 1), its work beyond its GEMMs: score elements, 1e9/s */
+    MOE_HW_ATTENTION_BLOCK_GELEMS, /* the blocked kernel (CP > 1), the same per visited tile element, 1e9/s */
     MOE_HW_CORES,            /* shared machine: the cores its ranks divide (1 otherwise) */
     MOE_HW_THREADS,          /* shared machine: the threads of the one rank the rates were measured with (1 otherwise) */
     MOE_HW_OVERSUB_LAT_US,   /* shared machine: per-message latency while its ranks outnumber its cores */
@@ -101,6 +120,14 @@ typedef enum {
 } moe_hw_field;
 
 #define MOE_HW_EFF_POINTS 32
+
+/* A GEMM efficiency table: efficiency against FLOPs (2MKN). */
+typedef struct {
+    int points;                      /* 0: absent; else 2..MOE_HW_EFF_POINTS */
+    double flops[MOE_HW_EFF_POINTS]; /* increasing */
+    double value[MOE_HW_EFF_POINTS]; /* in (0, 1] */
+    char source[512];
+} moe_hw_efftable;
 
 typedef struct {
     char name[64];
@@ -118,14 +145,13 @@ typedef struct {
     double kernel_overhead_us;
     double elementwise_gbs;
     double softmax_gelems;
+    double attention_gelems, attention_block_gelems;
     int cores, threads;
     double oversub_lat_us;
     double inter_burst_kb;
     char source[MOE_HW_NFIELDS][512]; /* each field's source, as written */
-    int eff_points;                          /* 0: no gemm_efficiency_table */
-    double eff_flops[MOE_HW_EFF_POINTS];     /* increasing */
-    double eff_value[MOE_HW_EFF_POINTS];
-    char eff_source[512];
+    moe_hw_efftable eff;        /* gemm_efficiency_table (points 0: absent) */
+    moe_hw_efftable eff_cached; /* gemm_efficiency_table_cached (points 0: absent) */
     char path[512];                   /* the file it was read from */
 } moe_hwprofile;
 
@@ -139,6 +165,10 @@ moe_status moe_hwprofile_load(const char *path, moe_hwprofile *hw);
 ** log(flops) between its points and the end point's value beyond them;
 ** without one, gemm_efficiency. */
 double moe_hwprofile_gemm_efficiency(const moe_hwprofile *hw, double flops);
+/* The same for a GEMM whose operands sit in cache (the attention kernels'
+** tiles): gemm_efficiency_table_cached's value when the profile has one,
+** else moe_hwprofile_gemm_efficiency's. */
+double moe_hwprofile_gemm_efficiency_cached(const moe_hwprofile *hw, double flops);
 
 /* Bytes per element of dtype (2 for bf16, 4 for fp32). */
 int moe_hwprofile_dtype_bytes(const moe_hwprofile *hw);
