@@ -20,6 +20,13 @@
 #               launcher gives them; the emulated rows run 1), else A. Default:
 #               configs/hw/this-machine.yaml and, when present,
 #               configs/hw/this-machine-calibrated.yaml+configs/hw/this-machine-calibrated-1t.yaml
+#        CALIBRATE  1 (default): a column "calibrated" from profiles measured
+#               in the run: each round starts with `moe bench calibrate` (all
+#               cores, and --threads 1), each run is predicted with its round's
+#               pair (A+B as above), and the column shows the median of a
+#               layout's predictions; this machine's speed drifts by 20-30%
+#               between quarter hours, which a profile measured hours before
+#               would carry into every row. 0: only the HW columns
 #        MOE    the moe binary (default build/bin/moe)
 #        REPEAT runs per layout, one per round (default 1); the median of their medians
 #        RATE   emulated link rate (default 1gbit); the last two rows run on 4
@@ -28,8 +35,9 @@
 #        MEASURED  a results file of an earlier run (layout<TAB>ms lines): reuse
 #               its measurements (and the routing traces next to it) and only predict
 # Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir,
-# printed) with the mean 1-minute load average before the layout's runs,
-# and every run to $OUT/runs.tsv (layout, round, ms, load).
+# printed) with the mean 1-minute load average before the layout's runs
+# (and, with CALIBRATE=1, the median of its runs' predictions), and every run
+# to $OUT/runs.tsv (layout, round, ms, load, predicted ms or -).
 # Timings depend on an otherwise idle machine: the load is printed with each
 # row; rerun the rows measured under load.
 set -euo pipefail
@@ -41,6 +49,7 @@ RATE=${RATE:-1gbit}
 EMU_ON=${EMU:-1}
 REPEAT=${REPEAT:-1}
 ONLY=${ONLY:-}
+CALIBRATE=${CALIBRATE:-1}
 if [ -z "${HW:-}" ]; then
   HW=configs/hw/this-machine.yaml
   if [ -f configs/hw/this-machine-calibrated.yaml ]; then
@@ -113,10 +122,19 @@ selected() { # row -> whether this run covers it
   ! { [ "$emu" = 1 ] && [ "$EMU_ON" = 0 ]; } && ! { [ -n "$ONLY" ] && ! [[ $name =~ $ONLY ]]; }
 }
 
+calibrate_round() { # round -> the "A+B" profile pair measured now, in $OUT
+  local a="$OUT/calibrated-r$1.yaml" b="$OUT/calibrated-r$1-1t.yaml"
+  "$MOE" bench calibrate --out "$a" >"$OUT/calibrate-r$1.log" 2>&1 &&
+    "$MOE" bench calibrate --threads 1 --out "$b" >>"$OUT/calibrate-r$1.log" 2>&1 ||
+    { echo "validate_model: moe bench calibrate failed (see $OUT/calibrate-r$1.log)" >&2; exit 1; }
+  echo "$a+$b"
+}
+
 measure_rounds() { # REPEAT rounds over the selected rows -> $OUT/runs.tsv, then medians -> $OUT/measured.tsv
-  local r row name cfg world sizes batch emu
+  local r row name cfg world sizes batch emu pair=""
   : >"$OUT/runs.tsv"
   for ((r = 1; r <= REPEAT; r++)); do
+    [ "$CALIBRATE" = 1 ] && pair=$(calibrate_round "$r")
     for row in "${LAYOUTS[@]}"; do
       selected "$row" || continue
       IFS='|' read -r name cfg world sizes batch emu <<<"$row"
@@ -124,9 +142,10 @@ measure_rounds() { # REPEAT rounds over the selected rows -> $OUT/runs.tsv, then
         $EMU_SH up 4 --rate "$RATE" >/dev/null # not in a subshell, so the EXIT trap sees it
         emu_up=1
       fi
-      local ld; ld=$(load1)
-      printf "%s\t%s\t%s\t%s\n" "$name" "$r" "$(measure_once "$name" "$cfg" "$world" "$sizes" "$batch" "$emu" "$r")" \
-        "$ld" >>"$OUT/runs.tsv"
+      local ld ms pred=-; ld=$(load1)
+      ms=$(measure_once "$name" "$cfg" "$world" "$sizes" "$batch" "$emu" "$r")
+      [ -n "$pair" ] && pred=$(predict "$pair" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
+      printf "%s\t%s\t%s\t%s\t%s\n" "$name" "$r" "$ms" "$ld" "$pred" >>"$OUT/runs.tsv"
     done
     echo "# round $r of $REPEAT done, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
   done
@@ -134,9 +153,10 @@ measure_rounds() { # REPEAT rounds over the selected rows -> $OUT/runs.tsv, then
   for row in "${LAYOUTS[@]}"; do
     selected "$row" || continue
     name=${row%%|*}
-    printf "%s\t%s\t%s\n" "$name" \
+    printf "%s\t%s\t%s\t%s\n" "$name" \
       "$(awk -F'\t' -v n="$name" '$1 == n && $3 != "nan" { print $3 }' "$OUT/runs.tsv" | median)" \
       "$(awk -F'\t' -v n="$name" '$1 == n { s += $4; k++ } END { printf "%.2f", k ? s / k : 0 }' "$OUT/runs.tsv")" \
+      "$(awk -F'\t' -v n="$name" '$1 == n && $5 != "-" && $5 != "nan" { print $5 }' "$OUT/runs.tsv" | median)" \
       >>"$OUT/measured.tsv"
   done
 }
@@ -180,7 +200,15 @@ predict() { # hw name cfg world "tp cp pp ep etp" "micro global" emu -> ms
     echo nan
 }
 
-label() { basename "${1%%+*}" .yaml; }
+label() { if [ "$1" = @run ]; then echo "calibrated in the run"; else basename "${1%%+*}" .yaml; fi; }
+
+column_pred() { # column name cfg world sizes batch emu -> ms: a profile's prediction, or @run: the runs' median
+  if [ "$1" = @run ]; then
+    awk -F'\t' -v n="$2" '$1 == n { print ($4 == "" ? "nan" : $4) }' "$MEASURED"
+  else
+    predict "$@"
+  fi
+}
 
 echo "# $(date -u +%FT%TZ), $(nproc) cores, $STEPS steps after $WARMUP warm-up, $REPEAT run(s) per layout," \
   "load $(cut -d' ' -f1-3 /proc/loadavg), results in $OUT" >&2
@@ -188,12 +216,14 @@ if [ -z "${MEASURED:-}" ]; then
   measure_rounds
   MEASURED=$OUT/measured.tsv
 fi
+COLS=$HW # and the in-run calibration's column when the measurements carry its predictions
+awk -F'\t' '$4 != "" && $4 != "nan" { f = 1 } END { exit !f }' "$MEASURED" && COLS="$HW @run"
 hdr=$(printf "%-20s %11s %5s" layout measured_ms load)
-for hw in $HW; do hdr+=$(printf " | %-28s" "$(label "$hw"): pred_ms err% <=20%"); done
+for hw in $COLS; do hdr+=$(printf " | %-28s" "$(label "$hw"): pred_ms err% <=20%"); done
 echo "$hdr"
 md="| layout | measured ms | load |"
 mdsep="|---|---|---|"
-for hw in $HW; do md+=" $(label "$hw") | err |"; mdsep+="---|---|"; done
+for hw in $COLS; do md+=" $(label "$hw") | err |"; mdsep+="---|---|"; done
 md+=$'\n'"$mdsep"
 nin=(); ntot=0
 for row in "${LAYOUTS[@]}"; do
@@ -204,8 +234,8 @@ for row in "${LAYOUTS[@]}"; do
   line=$(printf "%-20s %11s %5s" "$name" "$ms" "$ld")
   mdl="| $name | $ms | $ld |"
   i=0
-  for hw in $HW; do
-    p=$(predict "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
+  for hw in $COLS; do
+    p=$(column_pred "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
     read -r err ok <<<"$(awk -v m="$ms" -v p="$p" 'BEGIN { if (m == "nan" || p == "nan" || m == "" || m == 0) print "nan no";
       else { e = 100 * (p - m) / m; print sprintf("%+.0f%%", e), (e <= 20 && e >= -20) ? "yes" : "no" } }')"
     line+=$(printf " | %9s %8s %4s      " "$p" "$err" "$ok")
@@ -218,7 +248,7 @@ for row in "${LAYOUTS[@]}"; do
   md+=$'\n'"$mdl"
 done
 i=0
-for hw in $HW; do
+for hw in $COLS; do
   echo "$(label "$hw"): ${nin[$i]:-0} of $ntot layouts within 20%"
   i=$((i + 1))
 done
