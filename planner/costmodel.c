@@ -211,14 +211,14 @@ static double attention_pass(const ctx *x, mb_cost *c, double kernels, double el
 ** fp32 (this runtime): its kernels, GEMM call by GEMM call (the (sequence,
 ** head) pairs spread over the rank's threads, each GEMM single-threaded, on
 ** cached operands), and their own work per score element at the profile's
-** measured rates. CP = 1
-** (attention.c): per (sequence, head) and block of 64 query rows r0..r1, a
-** scores GEMM (rows x HD x r1) and a values GEMM (rows x r1 x HD) forward,
-** four of that size backward, around the fp32 T x T probabilities (one
-** kernel forward, two backward). CP > 1 (attention_block.c, one region per
-** ring hop): per (sequence, head) and visible 64 x 64 tile, 2 GEMMs forward
-** and 5 backward. bf16 (Megatron): one fused flash kernel per hop forward,
-** two backward, by roofline over all its FLOPs and bytes. */
+** measured rates. CP = 1 (attention.c): per (sequence, head) and block of 64
+** query rows r0..r1, a scores GEMM (rows x HD x r1) and a values GEMM (rows
+** x r1 x HD) forward, four of that size backward, around the fp32 T x T
+** probabilities (one kernel forward, two backward). CP > 1
+** (attention_block.c, one region per ring hop): per (sequence, head) and
+** visited tile (attention_elems), 2 GEMMs forward and 5 backward. bf16
+** (Megatron): one fused flash kernel per hop forward, two backward, by
+** roofline over all its FLOPs and bytes. */
 static double attention_core(const ctx *x, mb_cost *f, mb_cost *b)
 {
     const machine *m = &x->mc;
@@ -558,26 +558,6 @@ static stage_mem memory_of_stage(const ctx *x, int s)
     return m;
 }
 
-/* On a shared machine of `cores` cores, W ranks run max(1, cores / W)
-** threads each; the fraction of a core's time a rank's thread gets. */
-static double rank_slice(const moe_hwprofile *hw, int W)
-{
-    if (!hw->shared)
-        return 1;
-    int t = hw->cores / W > 1 ? hw->cores / W : 1;
-    return fmin(1.0, (double)hw->cores / ((double)W * t));
-}
-
-/* The fraction of the profile's rates (measured on one rank of `threads`
-** threads) one of W ranks gets: its threads / threads, time-shared. */
-static double rank_share(const moe_hwprofile *hw, int W)
-{
-    if (!hw->shared)
-        return 1;
-    int t = hw->cores / W > 1 ? hw->cores / W : 1;
-    return (double)t / hw->threads * rank_slice(hw, W);
-}
-
 static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, const moe_hwprofile *hw,
                         const moe_cost_opts *o)
 {
@@ -617,9 +597,9 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     } else
         x->ep_hidden = 0;
 
-    double share = rank_share(hw, l->world), slice = rank_slice(hw, l->world);
+    double share = moe_cost_rank_share(hw, l->world), slice = moe_cost_rank_slice(hw, l->world);
     x->rthreads = hw->shared && hw->cores / l->world > 1 ? hw->cores / l->world : 1;
-    x->fill_speedup = rank_slice(hw, l->world / l->pp) / slice;
+    x->fill_speedup = moe_cost_rank_slice(hw, l->world / l->pp) / slice;
     x->slice = slice, x->cores = hw->cores;
     machine *m = &x->mc;
     m->peak = hw->gemm_tflops * 1e12 * share;
@@ -850,65 +830,4 @@ moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, cons
 done:
     free(cfg);
     return st;
-}
-
-// ----------------------------------------------------------------------------
-// one MoE layer, Comet / flux style
-
-moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_hwprofile *hw,
-                                       const moe_cost_opts *o, moe_cost_layer_report *out)
-{
-    MOE_TRY(moe_cost_check_opts(o));
-    if (s->tokens <= 0 || s->hidden < 1 || s->ffn < 1 || s->experts < 1 || s->topk < 1 || s->tp < 1 || s->ep < 1 ||
-        s->splits < 1 || s->experts % s->ep || s->ffn % s->tp || s->topk > s->experts)
-        return moe_fail(MOE_ERR_USAGE,
-                        "MoE layer shape: tokens %g, hidden %d, ffn %d, experts %d, top-k %d, tp %d, ep %d, splits %d "
-                        "(need positive sizes, ep | experts, tp | ffn, top-k <= experts)",
-                        s->tokens, s->hidden, s->ffn, s->experts, s->topk, s->tp, s->ep, s->splits);
-    if (!s->allgather && s->tp > 1)
-        return moe_fail(MOE_ERR_USAGE, "MoE layer shape: the all-to-all form is modelled for tp 1 only (got %d)",
-                        s->tp);
-    int W = s->tp * s->ep;
-    int prec = o->precision == MOE_PREC_AUTO ? (strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32)
-                                             : o->precision;
-    double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
-    machine m = {
-        .peak = hw->gemm_tflops * 1e12 * rank_share(hw, W),
-        .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
-        .table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw,
-        .membw = hw->mem_bw_gbs * 1e9 * rank_share(hw, W),
-        .ewbw = hw->elementwise_gbs * 1e9 * rank_share(hw, W),
-        .smrate = hw->softmax_gelems * 1e9 * rank_share(hw, W),
-        .kern = hw->kernel_overhead_us * 1e-6 / rank_slice(hw, W),
-        .intra_bw = hw->intra_gbs * 1e9 * le,
-        .inter_bw = hw->inter_gbs * 1e9 * le,
-        .intra_lat = hw->intra_lat_us * 1e-6,
-        .inter_lat = hw->inter_lat_us * 1e-6,
-        .w = prec == MOE_PREC_BF16 ? 2 : 4,
-    };
-    if (hw->shared && W > hw->cores) { /* a message waits for its receiver to get a core */
-        m.intra_lat = fmax(m.intra_lat, hw->oversub_lat_us * 1e-6);
-        m.inter_lat = fmax(m.inter_lat, hw->oversub_lat_us * 1e-6);
-    }
-    int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
-    group_link g = {.n = W, .cross = W > rpn, .local = W < rpn ? W : rpn};
-    double El = (double)s->experts / s->ep, rows = s->tokens * s->topk / s->ep / El; /* per local expert */
-    double Fl = (double)s->ffn / s->tp, H = s->hidden;
-    out->gemm0_s = m.kern + El * moe_cost_gemm_time(&m, rows, H, (s->gated ? 2 : 1) * Fl); /* one grouped GEMM */
-    out->gemm1_s = m.kern + El * moe_cost_gemm_time(&m, rows, Fl, H);
-    if (s->allgather) {
-        out->comm0_s = moe_cost_ag_time(&m, &g, s->tokens * H * m.w);       /* every rank gets every token */
-        out->comm1_s = moe_cost_ag_time(&m, &g, s->tokens / s->ep * H * m.w); /* partial sums reduce-scattered home */
-    } else {
-        double held = s->tokens / W * s->topk * H * m.w;
-        out->comm0_s = moe_cost_a2a_time(&m, &g, held);
-        out->comm1_s = moe_cost_a2a_time(&m, &g, held);
-    }
-    double lat = moe_cost_link_lat(&m, &g);
-    out->layer0_seq_s = out->comm0_s + out->gemm0_s;
-    out->layer1_seq_s = out->comm1_s + out->gemm1_s;
-    out->layer0_ov_s = fmax(out->comm0_s, out->gemm0_s) + fmin(out->comm0_s, out->gemm0_s) / W + W * lat;
-    out->layer1_ov_s =
-        fmax(out->comm1_s, out->gemm1_s) + fmin(out->comm1_s, out->gemm1_s) / s->splits + s->splits * lat;
-    return MOE_OK;
 }

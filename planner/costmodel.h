@@ -17,7 +17,8 @@
 ** local expert) segment, E per rank (grouped_gemm, the default for bf16 /
 ** Megatron: one call for all local experts); fp32 attention one scores and
 ** one values GEMM per (sequence, head, 64-row block), four backward (CP > 1:
-** 2 and 5 per visible 64 x 64 tile per ring hop); bf16 attention one fused
+** 2 and 5 per tile a ring hop visits, load-balanced chunks; all on cached
+** operands, the (sequence, head) pairs side by side on the rank's threads); bf16 attention one fused
 ** flash kernel per hop forward, two backward, by roofline over all of it.
 ** Element-wise passes (RMSNorm, RoPE, SwiGLU, router softmax / losses,
 ** route plan, permute per destination rank, unpermute, residual adds,

@@ -33,6 +33,14 @@ typedef struct {
     double w;           /* bytes per activation / weight element */
 } machine;
 
+/* On a shared machine of `cores` cores, W ranks run max(1, cores / W)
+** threads each: rank_slice is the fraction of a core's time a rank's thread
+** gets; rank_share the fraction of the profile's rates (measured on one rank
+** of `threads` threads) one of W ranks gets, its threads / threads,
+** time-shared. Both 1 on a machine that is not shared. */
+double moe_cost_rank_slice(const moe_hwprofile *hw, int W);
+double moe_cost_rank_share(const moe_hwprofile *hw, int W);
+
 /* Efficiency of one GEMM of `flops`: the profile's table at that size when
 ** it has one (and no --gemm-efficiency override), else the single factor. */
 double moe_cost_eff_at(const machine *m, double flops);

@@ -33,6 +33,22 @@ double moe_cost_gemm_time_cached(const machine *m, double M, double K, double N)
     return gemm_roofline(m, M, K, N, m->table ? moe_hwprofile_gemm_efficiency_cached(m->table, flops) : m->eff);
 }
 
+double moe_cost_rank_slice(const moe_hwprofile *hw, int W)
+{
+    if (!hw->shared)
+        return 1;
+    int t = hw->cores / W > 1 ? hw->cores / W : 1;
+    return fmin(1.0, (double)hw->cores / ((double)W * t));
+}
+
+double moe_cost_rank_share(const moe_hwprofile *hw, int W)
+{
+    if (!hw->shared)
+        return 1;
+    int t = hw->cores / W > 1 ? hw->cores / W : 1;
+    return (double)t / hw->threads * moe_cost_rank_slice(hw, W);
+}
+
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
 double moe_cost_link_lat(const machine *m, const group_link *g) { return g->cross ? m->inter_lat : m->intra_lat; }
 
