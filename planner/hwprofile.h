@@ -30,10 +30,11 @@
 ** element-wise pass: norms, RoPE, SwiGLU, softmax, permutes, residual adds,
 ** memsets) costs kernel_overhead_us on top of its roofline time, and the
 ** element-wise passes move their bytes at elementwise_gbs (shared among the
-** ranks like mem_bw_gbs on a shared machine). Softmax passes (attention
-** probabilities, cross-entropy over the vocabulary, the router) take the
-** longer of their bytes at elementwise_gbs and their elements at
-** softmax_gelems (exp-bound on a CPU, memory-bound on a GPU).
+** ranks like mem_bw_gbs on a shared machine). Softmax passes (the
+** cross-entropy over the vocabulary, the router) take the longer of their
+** bytes at elementwise_gbs and their elements at softmax_gelems (exp-bound
+** on a CPU, memory-bound on a GPU); the fp32 attention kernels have rates of
+** their own (below).
 **
 ** attention_gelems and attention_block_gelems are the fp32 runtime's
 ** attention kernels' own work (scale, mask, softmax, its backward's dS:
