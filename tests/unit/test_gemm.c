@@ -7,7 +7,9 @@
 */
 #include <check.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "layers/gemm.h"
 
@@ -62,11 +64,57 @@ START_TEST(gemm_matches_naive)
 }
 END_TEST
 
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The timer calibrate uses to take a kernel's GEMMs out of its time: on, the
+** calls add their seconds (no more than the wall time around them, more than
+** nothing) and still compute; off, nothing is added; another thread's calls
+** go to that thread's accumulator only. */
+START_TEST(gemm_timer_counts_this_threads_calls)
+{
+    enum { N = 96 };
+    static float A[N * N], B[N * N], C[N * N];
+    fill(A, N * N, 4);
+    fill(B, N * N, 5);
+    double acc = 0;
+    moe_gemm_timer(&acc);
+    double t0 = now();
+    for (int r = 0; r < 20; r++)
+        moe_gemm(0, 1, N, N, N, 1.0f, A, N, B, N, 0.0f, C, N);
+    double wall = now() - t0;
+    ck_assert_msg(acc > 0 && acc <= wall, "timed %g s of %g", acc, wall);
+    double seen = acc;
+    moe_gemm_timer(NULL);
+    moe_gemm(0, 1, N, N, N, 1.0f, A, N, B, N, 0.0f, C, N);
+    ck_assert(acc == seen);
+    double other[2] = {0, 0};
+    int team = 1;
+#pragma omp parallel num_threads(2)
+    {
+        int t = omp_get_thread_num();
+        moe_gemm_timer(&other[t]);
+        if (t == 1) {
+            team = omp_get_num_threads();
+            moe_gemm(0, 1, N, N, N, 1.0f, A, N, B, N, 0.0f, C, N);
+        }
+        moe_gemm_timer(NULL);
+    }
+    ck_assert(acc == seen && other[0] == 0 && (team < 2 || other[1] > 0));
+    check_case(0, 1, 33, 17, 9, 0.0f); /* and with the timer off again, still right */
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("gemm");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, gemm_matches_naive);
+    tcase_add_test(tc, gemm_timer_counts_this_threads_calls);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
