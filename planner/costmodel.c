@@ -702,17 +702,15 @@ static void credit_burst(const ctx *x, moe_cost_report *r)
 ** cores going to the stages that have work. Sets bubble_s to the pipeline
 ** less m (tf + tb) of the slowest stage (negative when sharing fewer cores
 ** than the steady state assumes makes it shorter). */
-static moe_status shared_pipeline(const ctx *x, moe_cost_report *r, double per_mb)
+static moe_status shared_pipeline(const ctx *x, const mb_cost *sf, const mb_cost *sb, double per_mb,
+                                  moe_cost_report *r)
 {
     double *tf = malloc(2 * (size_t)x->PP * sizeof *tf), pipe;
     if (!tf)
         return moe_fail(MOE_ERR_NOMEM, "cost model: %d pipeline stages", x->PP);
     double *tb = tf + x->PP;
-    for (int s = 0; s < x->PP; s++) {
-        mb_cost f, b;
-        stage_cost(x, s, &f, &b);
-        tf[s] = mb_total(&f) * x->slice, tb[s] = mb_total(&b) * x->slice;
-    }
+    for (int s = 0; s < x->PP; s++)
+        tf[s] = mb_total(&sf[s]) * x->slice, tb[s] = mb_total(&sb[s]) * x->slice;
     moe_status st = moe_cost_pipeline_shared(x->PP, x->m, tf, tb, (double)x->W / x->PP * x->rthreads, x->cores, &pipe);
     free(tf);
     MOE_TRY(st);
@@ -738,15 +736,17 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     ** others: 1F1B is simulated op by op with the cores shared among the
     ** stages that have work (shared_pipeline); with virtual stages the
     ** bubble alone runs at the speed of one stage's ranks on the cores. */
-    mb_cost f, b, fs = {0}, bs = {0};
+    mb_cost *sf = malloc(2 * (size_t)x->PP * sizeof *sf), fs = {0}, bs = {0}; /* each stage's, once */
+    if (!sf)
+        return moe_fail(MOE_ERR_NOMEM, "cost model: %d pipeline stages", x->PP);
+    mb_cost *sb = sf + x->PP;
     double slow = -1, all = 0;
     for (int s = 0; s < x->PP; s++) {
-        stage_cost(x, s, &f, &b);
-        all += mb_total(&f) + mb_total(&b);
-        if (mb_total(&f) + mb_total(&b) > slow) {
-            slow = mb_total(&f) + mb_total(&b);
-            fs = f, bs = b;
-        }
+        stage_cost(x, s, &sf[s], &sb[s]);
+        double t = mb_total(&sf[s]) + mb_total(&sb[s]);
+        all += t;
+        if (t > slow)
+            slow = t, fs = sf[s], bs = sb[s];
     }
     r->fwd_mb_s = mb_total(&fs), r->bwd_mb_s = mb_total(&bs);
     double per_mb = r->fwd_mb_s + r->bwd_mb_s;
@@ -755,8 +755,11 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     r->kernel_calls = x->m * (fs.calls + bs.calls);
     r->overhead_s = r->kernel_calls * x->mc.kern;
     r->bubble_s = (all - per_mb) / x->v / x->fill_speedup;
-    if (x->fill_speedup > 1 && x->v == 1)
-        MOE_TRY(shared_pipeline(x, r, per_mb));
+    moe_status st = x->fill_speedup > 1 && x->v == 1 ? shared_pipeline(x, sf, sb, per_mb, r) : MOE_OK;
+    if (st != MOE_OK) {
+        free(sf);
+        return st;
+    }
     r->bubble_fraction = (x->PP - 1.0) / (x->v * x->m + x->PP - 1.0);
     for (int d = 0; d < MOE_COMM_N; d++) {
         r->comm[d].exposed_s = x->m * (fs.exposed[d] + bs.exposed[d]);
@@ -773,11 +776,11 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     double tail = -1;
     tail_cost tc = {0};
     for (int s = 0; s < x->PP; s++) {
-        stage_cost(x, s, &f, &b);
-        tail_cost t = tail_of_stage(x, s, f.compute, b.compute);
+        tail_cost t = tail_of_stage(x, s, sf[s].compute, sb[s].compute);
         if (tail_exposed(&t) > tail)
             tail = tail_exposed(&t), tc = t;
     }
+    free(sf);
     r->comm[MOE_COMM_DP].exposed_s = tc.sync - tc.sync_hidden + tc.gather - tc.gather_hidden;
     r->comm[MOE_COMM_DP].hidden_s = tc.sync_hidden + tc.gather_hidden;
     r->comm[MOE_COMM_DP].bytes = tc.bytes;
