@@ -9,6 +9,7 @@
 #   perf/cp_bench.sh [DATA_DIR] [SEQ] [STEPS]    (defaults: data/kjv 1024 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 DATA=${1:-data/kjv}
 SEQ=${2:-1024}
 STEPS=${3:-12}
@@ -18,15 +19,10 @@ trap 'rm -rf "$OUT"' EXIT
 COMMON=(--config configs/tiny.yaml --data-path "$DATA" --seq-length "$SEQ" --train-iters "$STEPS"
         --eval-interval 0 --save-interval 0 --log-interval 1000 --micro-batch-size 1 --num-threads 1)
 
-median_tps() { # metrics.jsonl -> median tokens_per_s of steps past the first 3
-  sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p' "$1" | tail -n +4 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 run() { # name, extra flags...
   local name=$1; shift
   "$MOE" train "${COMMON[@]}" --run-dir "$OUT/$name" "$@" >/dev/null 2>&1
-  median_tps "$OUT/$name/metrics.jsonl"
+  metric_median "$OUT/$name/metrics.jsonl" tokens_per_s 3
 }
 
 one=$(run np1 --nproc 1 --global-batch-size 1)

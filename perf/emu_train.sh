@@ -7,7 +7,8 @@
 #   (defaults: 4 1gbit 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -f data/kjv/train_000.tok ] || { echo "emu_train.sh: data/kjv is missing (scripts/main or perf/reproduce prepares it)" >&2; exit 2; }
+. perf/lib.sh
+need_kjv emu_train.sh
 HOSTS=${1:-4}
 RATE=${2:-1gbit}
 STEPS=${3:-16}
@@ -18,10 +19,6 @@ EMU="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
 trap '$EMU down >/dev/null 2>&1 || true; rm -rf "$OUT"' EXIT
 $EMU up "$HOSTS" --rate "$RATE" >/dev/null
 
-median_tps() {
-  sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p' "$1" | tail -n +4 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 COMMON=(--config configs/tiny.yaml --data-path data/kjv --train-iters "$STEPS" --eval-interval 0 --save-interval 0
         --log-interval 1000 --nproc "$HOSTS" --expert-model-parallel-size "$HOSTS" --micro-batch-size 2
         --global-batch-size $((2 * HOSTS)) --num-threads 1 "$@")
@@ -31,7 +28,7 @@ base=""
 for mode in none coarse fine; do
   MOE_MPIRUN="$EMU mpirun" build/bin/moe train "${COMMON[@]}" --run-dir "$OUT/$mode" --moe-overlap "$mode" \
     >/dev/null 2>&1
-  tps=$(median_tps "$OUT/$mode/metrics.jsonl")
+  tps=$(metric_median "$OUT/$mode/metrics.jsonl" tokens_per_s 3)
   [ -n "$base" ] || base=$tps
   printf "%-8s %12.0f %8.2f\n" "$mode" "$tps" "$(echo "$tps / $base" | bc -l)"
   printf '{"hosts": %s, "rate": "%s", "mode": "%s", "tokens_per_s": %s}\n' "$HOSTS" "$RATE" "$mode" "$tps" \

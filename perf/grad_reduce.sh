@@ -8,7 +8,8 @@
 #   perf/grad_reduce.sh [HOSTS] [RATE] [STEPS] [REPS]   (defaults: 4 1gbit 13 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -f data/kjv/train_000.tok ] || { echo "grad_reduce.sh: data/kjv is missing (scripts/main or perf/reproduce prepares it)" >&2; exit 2; }
+. perf/lib.sh
+need_kjv grad_reduce.sh
 HOSTS=${1:-4}
 RATE=${2:-1gbit}
 STEPS=${3:-13}
@@ -20,16 +21,12 @@ EMU="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
 trap '$EMU down >/dev/null 2>&1 || true; rm -rf "$OUT"' EXIT
 $EMU up "$HOSTS" --rate "$RATE" >/dev/null
 
-median_step() { # median step_ms after the warm-up
-  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +4 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 run() { # layout-flags grad-flag -> median step ms
   rm -rf "$OUT/run"
   MOE_MPIRUN="$EMU mpirun" "$MOE" train --config configs/tiny.yaml --data-path data/kjv --train-iters "$STEPS" \
     --eval-interval 0 --save-interval 0 --log-interval 1000 --nproc "$HOSTS" --micro-batch-size 2 \
     --global-batch-size $((2 * HOSTS)) --num-threads 1 --run-dir "$OUT/run" $1 $2 >/dev/null 2>&1
-  median_step "$OUT/run/metrics.jsonl"
+  metric_median "$OUT/run/metrics.jsonl" step_ms 3
 }
 printf "%s emulated hosts at %s, tiny model, 1 thread per rank, %s alternating pairs, median step ms\n" \
   "$HOSTS" "$RATE" "$REPS"

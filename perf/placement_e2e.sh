@@ -14,7 +14,8 @@
 #   perf/placement_e2e.sh [HOSTS] [RATE] [STEPS] [EXPERTS] [REPS] [REPLICAS]   (defaults 4 1gbit 20 16 3 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -f data/kjv/train_000.tok ] || { echo "placement_e2e.sh: data/kjv is missing (scripts/main or perf/reproduce prepares it)" >&2; exit 2; }
+. perf/lib.sh
+need_kjv placement_e2e.sh
 HOSTS=${1:-4}
 RATE=${2:-1gbit}
 STEPS=${3:-20}
@@ -26,10 +27,6 @@ OUT=$(mktemp -d)
 EMU="$PWD/scripts/emu/emu.sh --prefix $PREFIX"
 trap '$EMU down >/dev/null 2>&1 || true; rm -rf "$OUT"' EXIT
 $EMU up "$HOSTS" --rate "$RATE" >/dev/null
-median_ms() {
-  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +4 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 COMMON=(--config configs/tiny.yaml --data-path data/kjv --eval-interval 0 --save-interval 0 --log-interval 1000
         --nproc "$HOSTS" --expert-model-parallel-size "$HOSTS" --num-experts "$E" --micro-batch-size 4
         --global-batch-size $((4 * HOSTS)) --num-threads 1 --moe-aux-loss-coeff 0 --moe-z-loss-coeff 0)
@@ -52,8 +49,8 @@ for r in $(seq 1 "$REPS"); do
     --load "$OUT/trace/checkpoints" >/dev/null 2>&1
   build/bin/moe train "${COMMON[@]}" --train-iters $((2 * STEPS)) --run-dir "$OUT/plan$r" \
     --load "$OUT/trace/checkpoints" --expert-placement "$OUT/plan.pb" >/dev/null 2>&1
-  c=$(median_ms "$OUT/contig$r/metrics.jsonl")
-  p=$(median_ms "$OUT/plan$r/metrics.jsonl")
+  c=$(metric_median "$OUT/contig$r/metrics.jsonl" step_ms 3)
+  p=$(metric_median "$OUT/plan$r/metrics.jsonl" step_ms 3)
   g=$(echo "100 * ($c - $p) / $c" | bc -l)
   gains+=("$g")
   printf "run %d: contiguous %.1f ms, planned %.1f ms per step: %.1f%% faster\n" "$r" "$c" "$p" "$g"
@@ -61,7 +58,7 @@ for r in $(seq 1 "$REPS"); do
   if [ "$REPLICAS" -gt 0 ]; then
     build/bin/moe train "${COMMON[@]}" --train-iters $((2 * STEPS)) --run-dir "$OUT/rplan$r" \
       --load "$OUT/trace/checkpoints" --expert-placement "$OUT/rplan.pb" >/dev/null 2>&1
-    q=$(median_ms "$OUT/rplan$r/metrics.jsonl")
+    q=$(metric_median "$OUT/rplan$r/metrics.jsonl" step_ms 3)
     rg=$(echo "100 * ($c - $q) / $c" | bc -l)
     rgains+=("$rg")
     rep=", \"replicated_ms\": $q"
@@ -70,7 +67,6 @@ for r in $(seq 1 "$REPS"); do
   printf '{"hosts": %s, "rate": "%s", "experts": %s, "contiguous_ms": %s, "planned_ms": %s%s}\n' \
     "$HOSTS" "$RATE" "$E" "$c" "$p" "$rep" >> "$OUT/results.jsonl"
 done
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 med=$(printf "%s\n" "${gains[@]}" | median)
 printf "%s hosts at %s, %s experts, EP %s: planned placement median %.1f%% faster than contiguous (%s runs)\n" \
   "$HOSTS" "$RATE" "$E" "$HOSTS" "$med" "$REPS"

@@ -9,6 +9,7 @@
 #   perf/pp_bubble.sh [DATA_DIR] [P] [STEPS]   (defaults: data/kjv 2 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 DATA=${1:-data/kjv}
 P=${2:-2}
 STEPS=${3:-12}
@@ -18,11 +19,6 @@ trap 'rm -rf "$OUT"' EXIT
 COMMON=(--config configs/tiny.yaml --data-path "$DATA" --num-layers 4 --seq-length 256 --train-iters "$STEPS"
         --eval-interval 0 --save-interval 0 --log-interval 1000 --micro-batch-size 2 --num-threads 1)
 
-median_ms() { # metrics.jsonl -> median step_ms of steps past the first 3
-  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +4 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 printf "tiny model, 4 layers, seq 256, micro-batch 2, %s stages, 1 thread per rank, %s cores\n" "$P" "$(nproc)"
 printf "%4s %12s %12s %10s %10s\n" m "1 rank ms" "PP ms" bubble "(p-1)/(m+p-1)"
 for m in 1 2 4 8 16; do
@@ -30,8 +26,8 @@ for m in 1 2 4 8 16; do
   "$MOE" train "${COMMON[@]}" --global-batch-size "$G" --run-dir "$OUT/one$m" --nproc 1 >/dev/null 2>&1
   "$MOE" train "${COMMON[@]}" --global-batch-size "$G" --run-dir "$OUT/pp$m" --nproc "$P" \
     --pipeline-model-parallel-size "$P" >/dev/null 2>&1
-  t1=$(median_ms "$OUT/one$m/metrics.jsonl")
-  tp=$(median_ms "$OUT/pp$m/metrics.jsonl")
+  t1=$(metric_median "$OUT/one$m/metrics.jsonl" step_ms 3)
+  tp=$(metric_median "$OUT/pp$m/metrics.jsonl" step_ms 3)
   bubble=$(echo "1 - $t1 / ($P * $tp)" | bc -l)
   formula=$(echo "($P - 1) / ($m + $P - 1)" | bc -l)
   printf "%4d %12.1f %12.1f %10.3f %10.3f\n" "$m" "$t1" "$tp" "$bubble" "$formula"

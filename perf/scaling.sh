@@ -6,6 +6,7 @@
 # Prints a table and one JSON line per layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 DATA=${1:-data/kjv}
 CONFIG=${2:-configs/tiny.yaml}
 STEPS=${3:-40}
@@ -14,15 +15,10 @@ OUT=$(mktemp -d)
 COMMON=(--config "$CONFIG" --data-path "$DATA" --train-iters "$STEPS" --eval-interval 0 --save-interval 0
         --log-interval 1000 --global-batch-size 32 --micro-batch-size 8)
 
-median_tps() { # metrics.jsonl -> median tokens_per_s of steps past the first 5
-  sed -n 's/.*"tokens_per_s": \([0-9.]*\).*/\1/p' "$1" | tail -n +6 | sort -g |
-    awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 run() { # name, extra flags...
   local name=$1; shift
   "$MOE" train "${COMMON[@]}" --run-dir "$OUT/$name" "$@" >/dev/null 2>&1
-  median_tps "$OUT/$name/metrics.jsonl"
+  metric_median "$OUT/$name/metrics.jsonl" tokens_per_s 5
 }
 
 one=$(run np1 --nproc 1)

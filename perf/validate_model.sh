@@ -42,6 +42,7 @@
 # row; rerun the rows measured under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 STEPS=${1:-8}
 WARMUP=${2:-3}
 MOE=${MOE:-build/bin/moe}
@@ -85,13 +86,7 @@ LAYOUTS=(
   "tiny DP4 emu-4host|configs/tiny.yaml|4|1 1 1 1 1|2 8|1"
 )
 
-median() { # of the numbers on stdin
-  sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-median_step_ms() { # median step_ms of the steps after the warm-up
-  sed -n 's/.*"step_ms": \([0-9.]*\).*/\1/p' "$1" | tail -n +"$((WARMUP + 1))" | median
-}
+median_step_ms() { metric_median "$1" step_ms "$WARMUP"; }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
