@@ -25,6 +25,8 @@
 **     forward's elements over its median time less the overhead;
 **   - attention_gelems, attention_block_gelems: the attention kernels' own
 **     work per score element, outside their GEMMs (perf/calibrate_attention.h);
+**   - optimizer_gparams: the gradient norm and AdamW per parameter
+**     (perf/calibrate_optimizer.h);
 **   - memory bandwidth: triad a = b + 3c over 3 x 128 MiB doubles, median of 5;
 **   - MPI, started from here so the timings above run alone: `mpirun -np 2`
 **     of itself (--pingpong: ping-pong latency and rate, a 4-byte
@@ -53,6 +55,7 @@
 #include "layers/swiglu.h"
 #include "perf/bench.h"
 #include "perf/calibrate_attention.h"
+#include "perf/calibrate_optimizer.h"
 #include "planner/hwprofile.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
@@ -640,7 +643,8 @@ int moe_bench_calibrate(int argc, char **argv)
     point pts[NSHAPES], pts_c[NSHAPES];
     int m = efficiency_points(gf, net, peak, kern, pts), m_c = efficiency_points(gf_c, net_c, peak, kern, pts_c);
     moe_attention_rates att;
-    if (moe_calibrate_attention(kern, &att) != MOE_OK) {
+    moe_optimizer_rate opt;
+    if (moe_calibrate_attention(kern, &att) != MOE_OK || moe_calibrate_optimizer(&opt) != MOE_OK) {
         moe_error_print(stderr, "moe bench calibrate");
         return 1;
     }
@@ -737,6 +741,12 @@ int moe_bench_calibrate(int argc, char **argv)
                   "the runtime's blocked attention kernel (layers/attention_block.c) as one of 2 context-parallel "
                   "ranks runs it (both ring hops, forward and backward of one layer)",
                   "tile elements", att.us[1], att.tiny_block, att.small_block, cores, att.block_gelems);
+    snprintf(src, sizeof src,
+             "measured by moe bench calibrate on %s: the runtime's optimizer step (moe_sum_squares for the gradient "
+             "norm, then moe_adamw_update) on %.0fk parameters (%.3f G/s) and %.0fM (%.3f G/s), %d thread(s), the "
+             "best of 3 windows' mean step, parameters / seconds, both together",
+             date, opt.tiny_n / 1e3, opt.tiny_gparams, opt.large_n / 1048576.0, opt.large_gparams, cores);
+    put_num(f, "optimizer_gparams", opt.gparams, src);
     snprintf(src, sizeof src, "measured by moe bench calibrate on %s: online processors (sysconf)", date);
     put_num(f, "cores", ncores, src);
     snprintf(src, sizeof src,
@@ -768,10 +778,10 @@ int moe_bench_calibrate(int argc, char **argv)
                "\"mpi_gbs\": %.3f, \"mpi_alltoall_us\": %.3f, \"mpi_allreduce_us\": %.3f, \"mpi_oversubscribed_us\": %.3f, "
                "\"kernel_overhead_us\": %.3f, \"elementwise_gbs\": %.2f, \"elementwise_tiny_gbs\": %.2f, "
                "\"elementwise_small_gbs\": %.2f, \"softmax_gelems\": %.4f, \"attention_gelems\": %.4f, "
-               "\"attention_block_gelems\": %.4f, \"threads\": %d, "
+               "\"attention_block_gelems\": %.4f, \"optimizer_gparams\": %.4f, \"threads\": %d, "
                "\"small_sgemm_efficiency\": %.4f, \"gemm\": [",
                peak, membw, lat_us, p2p_gbs, a2a_us, ar_us, over_us, kern * 1e6, ew_gbs, tb / ts / 1e9, sb / ss / 1e9, sm_gelems,
-               att.gelems, att.block_gelems, cores, small_eff);
+               att.gelems, att.block_gelems, opt.gparams, cores, small_eff);
         for (int i = 0; i < NSHAPES; i++)
             printf("%s{\"m\": %d, \"k\": %d, \"n\": %d, \"what\": \"%s\", \"gflops\": %.2f, \"net_gflops\": %.2f, "
                    "\"cached_gflops\": %.2f}",
@@ -795,7 +805,9 @@ int moe_bench_calibrate(int argc, char **argv)
                att.own_us[0][0], att.us[0][1], att.own_us[0][1], att.gelems, att.us[1][0], att.own_us[1][0],
                att.us[1][1], att.own_us[1][1], att.block_gelems);
         printf("kernel overhead %.3f us; element-wise %.2f GB/s (tiny %.2f, small %.2f); softmax %.3f G elements/s; "
-               "wrote %s\n", kern * 1e6, ew_gbs, tb / ts / 1e9, sb / ss / 1e9, sm_gelems, out);
+               "optimizer %.3f G parameters/s (%.0fk %.3f, %.0fM %.3f); wrote %s\n", kern * 1e6, ew_gbs, tb / ts / 1e9,
+               sb / ss / 1e9, sm_gelems, opt.gparams, opt.tiny_n / 1e3, opt.tiny_gparams, opt.large_n / 1048576.0,
+               opt.large_gparams, out);
     }
     return 0;
 }

@@ -611,6 +611,7 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     m->smrate = hw->softmax_gelems * 1e9 * share;
     m->attrate = hw->attention_gelems * 1e9 * share;
     m->blockrate = hw->attention_block_gelems * 1e9 * share;
+    m->optrate = hw->optimizer_gparams * 1e9 * share;
     m->kern = hw->kernel_overhead_us * 1e-6 / slice;
     double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
@@ -663,9 +664,13 @@ static tail_cost tail_of_stage(const ctx *x, int s, double fwd_compute, double b
     t.sync_hidden = fmin(t.sync, x->dp_hidden * bwd_compute);
     t.gather_hidden = x->o->param_gather_overlap ? fmin(t.gather, fwd_compute) : 0;
     double dshard = x->distopt ? x->DP * x->CP : 1, eshard = x->distopt ? x->EDP : 1;
-    double per_param = x->prec == MOE_PREC_BF16 ? 34 : 32;
-    /* plus the step's zeroing of every local fp32 gradient (4 B each) */
-    t.opt = ((p.dense / dshard + p.expert / eshard) * per_param + (p.dense + p.expert) * 4) / m->membw;
+    double updated = p.dense / dshard + p.expert / eshard;
+    /* fp32: the runtime's own update at its measured rate (it runs below the
+    ** triad's bandwidth on a CPU); bf16: a fused GPU optimizer moves its
+    ** bytes (fp32 master, m, v, gradient; bf16 copy) at memory bandwidth.
+    ** Plus the step's zeroing of every local fp32 gradient (4 B each). */
+    double update = x->prec == MOE_PREC_BF16 ? updated * 34 / m->membw : updated / m->optrate;
+    t.opt = update + (p.dense + p.expert) * 4 / m->membw;
     return t;
 }
 

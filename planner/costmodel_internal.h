@@ -26,6 +26,7 @@ typedef struct {
     double smrate;      /* elements/s per rank of softmax passes */
     double attrate;     /* score elements/s per rank of the fp32 attention kernel's own work (CP = 1) */
     double blockrate;   /* tile elements/s per rank of the blocked attention kernel's own work (CP > 1) */
+    double optrate;     /* parameters/s per rank of the fp32 optimizer step (gradient norm + AdamW) */
     double kern;        /* s: fixed cost of one kernel call */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
     double intra_lat, inter_lat; /* s */

@@ -40,6 +40,7 @@ static const field_def FIELDS[MOE_HW_NFIELDS] = {
     [MOE_HW_SOFTMAX_GELEMS] = {"softmax_gelems", F_REAL, OFF(softmax_gelems), 1e-3, 1e6},
     [MOE_HW_ATTENTION_GELEMS] = {"attention_gelems", F_REAL, OFF(attention_gelems), 1e-3, 1e6},
     [MOE_HW_ATTENTION_BLOCK_GELEMS] = {"attention_block_gelems", F_REAL, OFF(attention_block_gelems), 1e-3, 1e6},
+    [MOE_HW_OPTIMIZER_GPARAMS] = {"optimizer_gparams", F_REAL, OFF(optimizer_gparams), 1e-4, 1e6},
     [MOE_HW_CORES] = {"cores", F_INT, OFF(cores), 1, 1 << 20},
     [MOE_HW_THREADS] = {"threads", F_INT, OFF(threads), 1, 1 << 20},
     [MOE_HW_OVERSUB_LAT_US] = {"oversubscribed_latency_us", F_REAL, OFF(oversub_lat_us), 0, 1e6},

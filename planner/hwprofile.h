@@ -45,6 +45,13 @@
 ** calibrate` measures both. bf16 profiles (fused attention, costed by
 ** roofline) do not use them.
 **
+** optimizer_gparams is the fp32 runtime's optimizer step per parameter: the
+** gradient norm's sum of squares and the AdamW update (layers/adamw.c), in
+** parameters per second. On this CPU the update runs at about 8 B/ns of
+** its 32 B per parameter against a triad's 11 (measured by `moe bench
+** calibrate`); bf16 profiles (a fused GPU optimizer, bandwidth-bound) do not
+** use it: their optimizer moves its bytes at mem_bw_gbs.
+**
 ** cores and threads describe a shared machine: its rates (GEMM peak and
 ** table, bandwidths, element-wise and softmax rates) are those of one rank
 ** running `threads` threads; W ranks each run max(1, cores / W) threads
@@ -113,6 +120,7 @@ typedef enum {
     MOE_HW_SOFTMAX_GELEMS,   /* rate softmax passes (max, exp, sum, normalise) take elements at, 1e9/s */
     MOE_HW_ATTENTION_GELEMS, /* fp32 attention kernel (CP = 1), its work beyond its GEMMs: score elements, 1e9/s */
     MOE_HW_ATTENTION_BLOCK_GELEMS, /* the blocked kernel (CP > 1), the same per visited tile element, 1e9/s */
+    MOE_HW_OPTIMIZER_GPARAMS, /* the fp32 optimizer step (gradient norm + AdamW), 1e9 parameters/s */
     MOE_HW_CORES,            /* shared machine: the cores its ranks divide (1 otherwise) */
     MOE_HW_THREADS,          /* shared machine: the threads of the one rank the rates were measured with (1 otherwise) */
     MOE_HW_OVERSUB_LAT_US,   /* shared machine: per-message latency while its ranks outnumber its cores */
@@ -147,6 +155,7 @@ typedef struct {
     double elementwise_gbs;
     double softmax_gelems;
     double attention_gelems, attention_block_gelems;
+    double optimizer_gparams;
     int cores, threads;
     double oversub_lat_us;
     double inter_burst_kb;

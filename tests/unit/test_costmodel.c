@@ -609,6 +609,7 @@ static const char *GOOD =
     "softmax_gelems: {value: 1000, source: \"o\"}\n"
     "attention_gelems: {value: 900, source: \"o2\"}\n"
     "attention_block_gelems: {value: 800, source: \"o3\"}\n"
+    "optimizer_gparams: {value: 0.5, source: \"o4\"}\n"
     "cores: {value: 1, source: \"p\"}\n"
     "threads: {value: 1, source: \"q\"}\n"
     "oversubscribed_latency_us: {value: 30, source: \"r\"}\n"
@@ -740,6 +741,34 @@ END_TEST
 ** 32, 7 calls (init, 2 hops, finish; prep, 2 hops); small (4 x 256, 8 heads
 ** of 64) on CP 2: 64 x 64 tiles, chunks of 64, 2 diagonal and 3 whole chunk
 ** pairs per (sequence, head); on CP 4 (chunks of 32, Tl 64) one tile a hop. */
+START_TEST(test_optimizer_rate)
+{
+    /* One rank of a profile measured with one thread on one core (its whole
+    ** rates). fp32: the parameters at optimizer_gparams (1e6/s: seconds a
+    ** million), plus each gradient's 4 B zeroed at mem_bw_gbs; bf16: 34 B a
+    ** parameter at mem_bw_gbs, optimizer_gparams unused. */
+    moe_config c = tiny();
+    moe_hwprofile hw = load_hw("this-machine.yaml");
+    hw.cores = hw.threads = 1;
+    moe_cost_opts o;
+    moe_cost_opts_default(&o);
+    hw.optimizer_gparams = 1e-3;
+    moe_cost_report r1 = step(&c, &hw, &o);
+    hw.optimizer_gparams = 2e-3;
+    moe_cost_report r2 = step(&c, &hw, &o);
+    double params = r1.mem_params / 4, zero = params * 4 / (hw.mem_bw_gbs * 1e9);
+    ck_assert_msg(close_rel(r1.optimizer_s, params / 1e6 + zero, 1e-9), "%.17g", r1.optimizer_s);
+    ck_assert(close_rel(r1.optimizer_s - r2.optimizer_s, params / 2e6, 1e-9));
+    ck_assert(close_rel(r1.step_s - r2.step_s, params / 2e6, 1e-9));
+    o.precision = MOE_PREC_BF16;
+    moe_cost_report b2 = step(&c, &hw, &o);
+    hw.optimizer_gparams = 1e-3;
+    moe_cost_report b1 = step(&c, &hw, &o);
+    ck_assert(b1.optimizer_s == b2.optimizer_s);
+    ck_assert(close_rel(b1.optimizer_s, params * (34 + 4) / (hw.mem_bw_gbs * 1e9), 1e-9));
+}
+END_TEST
+
 START_TEST(test_attention_parts)
 {
     double e, p;
@@ -784,6 +813,8 @@ START_TEST(test_profile_refusals)
         {"elementwise_gbs", "elementwise_gbs: {value: fast, source: \"x\"}\n", "elementwise_gbs: 'fast' is not a number"},
         {"attention_gelems", "", "missing key 'attention_gelems'"},
         {"attention_block_gelems", "attention_block_gelems: {value: 0, source: \"x\"}\n", "out of range"},
+        {"optimizer_gparams", "", "missing key 'optimizer_gparams'"},
+        {"optimizer_gparams", "optimizer_gparams: {value: 0, source: \"x\"}\n", "out of range"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         moe_status st = load_variant(cases[i].key, cases[i].with, msg, sizeof msg);
@@ -793,7 +824,8 @@ START_TEST(test_profile_refusals)
     moe_hwprofile g;
     ck_assert_int_eq(load_variant_into(NULL, "", msg, sizeof msg, &g), MOE_OK);
     ck_assert(g.kernel_overhead_us == 3 && g.elementwise_gbs == 800);
-    ck_assert(g.attention_gelems == 900 && g.attention_block_gelems == 800);
+    ck_assert(g.attention_gelems == 900 && g.attention_block_gelems == 800 && g.optimizer_gparams == 0.5);
+    ck_assert_str_eq(g.source[MOE_HW_OPTIMIZER_GPARAMS], "o4");
     ck_assert_str_eq(g.source[MOE_HW_ATTENTION_BLOCK_GELEMS], "o3");
     ck_assert_str_eq(g.source[MOE_HW_KERNEL_OVERHEAD_US], "m");
     ck_assert_int_eq(load_variant_into("kernel_overhead_us", "kernel_overhead_us: {value: 0, source: \"x\"}\n", msg,
@@ -943,6 +975,7 @@ int main(void)
     tcase_add_test(tc, test_moe_layer_fwd);
     tcase_add_test(tc, test_kernel_terms);
     tcase_add_test(tc, test_attention_parts);
+    tcase_add_test(tc, test_optimizer_rate);
     tcase_add_test(tc, test_profile_refusals);
     tcase_add_test(tc, test_gemm_efficiency_table);
     tcase_add_test(tc, test_cli);
