@@ -26,12 +26,24 @@ static moe_status grow(float **p, size_t count, const char *what)
     return moe_alloc((void **)p, count * sizeof(float), what);
 }
 
-/* Expert-side buffers for `rows` received rows; grow-only across steps. */
-static moe_status reserve(moe_ep_layer *s, size_t rows, int C, int F)
+/* Expert-side buffers for `rows` received rows, grow-only across steps.
+** `mean`: the rows a rank receives on average (what each rank sends: the
+** same micro-batch and top-k everywhere); `peers`: the EP size, so a step
+** brings at most peers x mean. Each growth zero-fills fresh pages, 0.2-0.4
+** s a growth at small.yaml's sizes on the 2-core VM (about 300 MB/s of
+** first touch), and routing drifts over the first steps: with a 1.25x
+** margin over what came, the layers of small EP2 grew 17-19 times per rank
+** in 11 steps, several in the measured ones. So the capacity is twice the
+** largest of the rows, the old capacity and the mean, at most the bound
+** (never less than the rows): EP2 reserves its bound at the first step. */
+static moe_status reserve(moe_ep_layer *s, size_t rows, size_t mean, int peers, int C, int F)
 {
     if (rows <= s->cap_rows && s->xr)
         return MOE_OK;
-    size_t cap = rows + rows / 4 + 1;
+    size_t big = rows > s->cap_rows ? rows : s->cap_rows, bound = (size_t)peers * mean;
+    big = big > mean ? big : mean;
+    size_t cap = 2 * big < bound ? 2 * big : bound;
+    cap = cap > rows ? cap : rows;
     MOE_TRY(grow(&s->xr, cap * C, "ep received rows"));
     MOE_TRY(grow(&s->h13, cap * 2 * F, "ep expert gate/up"));
     MOE_TRY(grow(&s->act, cap * F, "ep expert activations"));
@@ -95,7 +107,10 @@ moe_status moe_ep_exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_exper
         s->recv_rows[p] = (size_t)(s->offsets[(p + 1) * El] - s->offsets[p * El]);
     row_splits(s->send_rows, P, C, s->sc, s->sd);
     row_splits(s->recv_rows, P, C, s->rc, s->rd);
-    return reserve(s, s->recv_total, C, F);
+    size_t sent = 0;
+    for (int p = 0; p < P; p++)
+        sent += s->send_rows[p];
+    return reserve(s, s->recv_total, sent, P, C, F);
 }
 
 #define EP_TAG 0x4550 /* "EP" */

@@ -127,7 +127,7 @@ typedef struct {
     int32_t *offsets;                   /* [ep * E_local + 1] segments of the received rows */
     int32_t *seg_expert;                /* [ep * E_local] local expert of each segment */
     size_t *sc, *sd, *rc, *rd;          /* [ep] element counts/displacements, send and receive */
-    size_t recv_total, cap_rows;
+    size_t recv_total, cap_rows; /* rows received; rows the expert-side buffers hold (ep.c's reserve) */
     float *xr;   /* (recv, C) rows as received: the experts' inputs, kept for backward */
     float *h13;  /* (recv, 2F) */
     float *act;  /* (recv, F) */

@@ -7,7 +7,9 @@
 ** sends anything to the last rank's experts, and the last rank routes
 ** nothing at all). --delay US adds pseudo-random pauses before sends (the
 ** ep.h test hook), so messages land in changing orders. fine runs with its
-** own rule for messages per source, then one, then two.
+** own rule for messages per source, then one, then two. growth: a layer kept
+** across steps reserves twice what comes, up to every peer's rows, and its
+** steps stay exact.
 **
 ** usage: mpirun -np P mpi_overlap [--experts E] [--delay US] [--threads T]
 */
@@ -39,7 +41,9 @@ typedef struct {
 
 static float uni(moe_rng *r) { return (float)(moe_rng_uniform(r) * 2 - 1); }
 
-/* Routing of this rank's tokens, in slot order (see parallel/ep.h). */
+/* Routing of this rank's tokens, in slot order (see parallel/ep.h): 0
+** uniform, 1 skewed (80% of first choices expert 0), 2 starved (below), 3
+** every token to experts 0 and 1 (rank 0's: all pairs to one rank). */
 static void route(setup *s, int kind, moe_rng *r)
 {
     int n_tok = kind == 2 && R == P - 1 ? 0 : N;
@@ -52,6 +56,8 @@ static void route(setup *s, int kind, moe_rng *r)
         do {
             b = (int)moe_rng_below(r, (uint64_t)(kind == 2 ? s->E - s->El : s->E));
         } while (b == a);
+        if (kind == 3)
+            a = 0, b = 1;
         s->slot_idx[n * K] = moe_expert_slot(&s->map, a);
         s->slot_idx[n * K + 1] = moe_expert_slot(&s->map, b);
     }
@@ -106,8 +112,8 @@ typedef struct {
     float *ys, *dxs, *dw13, *dw2;
 } result;
 
-/* fine_chunks: fine's messages per source (0: the rule). */
-static void run(setup *s, int mode, int fine_chunks, result *out)
+/* One forward and backward of layer l on s's routing, as a step runs it. */
+static void run_on(moe_ep_layer *l, setup *s, result *out)
 {
     size_t NK = (size_t)N * K, w13n = (size_t)s->El * 2 * F * C, w2n = (size_t)s->El * C * F;
     out->ys = calloc(NK * C, sizeof(float));
@@ -115,6 +121,14 @@ static void run(setup *s, int mode, int fine_chunks, result *out)
     out->dw13 = calloc(w13n, sizeof(float));
     out->dw2 = calloc(w2n, sizeof(float));
     ck_assert(out->ys && out->dxs && out->dw13 && out->dw2);
+    OK_ALL(moe_ep_forward(l, W, &s->map, s->x, s->row_token, s->xs, s->offsets, s->rows, C, F, s->w13, s->w2,
+                          out->ys));
+    OK_ALL(moe_ep_backward(l, W, &s->map, s->dys, s->rows, C, F, s->w13, s->w2, out->dw13, out->dw2, out->dxs));
+}
+
+/* On a fresh layer; fine_chunks: fine's messages per source (0: the rule). */
+static void run(setup *s, int mode, int fine_chunks, result *out)
+{
     moe_ep_layer l;
     memset(&l, 0, sizeof l);
     l.overlap = mode;
@@ -122,9 +136,7 @@ static void run(setup *s, int mode, int fine_chunks, result *out)
     l.fine_chunks = fine_chunks;
     l.delay_us = g_delay;
     l.delay_state = (unsigned)(R * 31 + mode);
-    OK_ALL(moe_ep_forward(&l, W, &s->map, s->x, s->row_token, s->xs, s->offsets, s->rows, C, F, s->w13, s->w2,
-                          out->ys));
-    OK_ALL(moe_ep_backward(&l, W, &s->map, s->dys, s->rows, C, F, s->w13, s->w2, out->dw13, out->dw2, out->dxs));
+    run_on(&l, s, out);
     moe_ep_layer_free(&l);
 }
 
@@ -177,6 +189,52 @@ END_TEST
 START_TEST(starved) { modes_agree(2, "starved"); }
 END_TEST
 
+/* The capacity reserve gives a layer receiving `got` rows that held `cap`
+** (see parallel/ep.c): each rank sends N x K rows, so P x N x K is the most. */
+static size_t reserved(size_t got, size_t cap)
+{
+    size_t mean = (size_t)N * K, bound = (size_t)P * mean;
+    if (got <= cap && cap > 0)
+        return cap;
+    size_t big = got > cap ? got : cap;
+    big = big > mean ? big : mean;
+    return 2 * big < bound ? 2 * big : bound;
+}
+
+/* A layer kept across steps, as the trainer keeps one per MoE layer: its
+** expert-side buffers hold twice the rows (up to all peers' rows) and grow
+** only past that, because each growth zero-fills fresh pages; and every step
+** on it is exact, the same as on a fresh layer. Uniform routing, then
+** skewed, then every pair to rank 0 (which needs all P x N x K rows). */
+START_TEST(growth)
+{
+    moe_ep_layer l;
+    memset(&l, 0, sizeof l);
+    static const int kinds[] = {0, 1, 3};
+    static const char *name[] = {"uniform", "skewed", "all to rank 0"};
+    size_t cap = 0;
+    for (int i = 0; i < 3; i++) {
+        setup s;
+        make(&s, kinds[i]);
+        result kept, fresh;
+        run_on(&l, &s, &kept);
+        size_t want = reserved(l.recv_total, cap);
+        CHECK_ALL(l.cap_rows == want && want >= l.recv_total, "%s: %zu rows held for %zu received (before %zu): want %zu",
+                  name[i], l.cap_rows, l.recv_total, cap, want);
+        cap = l.cap_rows;
+        run(&s, MOE_EP_NONE, 0, &fresh);
+        char what[64];
+        snprintf(what, sizeof what, "%s, on a kept layer", name[i]);
+        same(&fresh, &kept, &s, what);
+        free_result(&kept);
+        free_result(&fresh);
+        drop(&s);
+    }
+    CHECK_ALL(R != 0 || cap == (size_t)P * N * K, "rank 0 holds %zu rows after receiving all %d", cap, P * N * K);
+    moe_ep_layer_free(&l);
+}
+END_TEST
+
 int main(int argc, char **argv)
 {
     if (moe_comm_init(&argc, &argv) != MOE_OK || moe_comm_world(&W) != MOE_OK) {
@@ -200,6 +258,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, uniform);
     tcase_add_test(tc, skewed);
     tcase_add_test(tc, starved);
+    tcase_add_test(tc, growth);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_set_fork_status(sr, CK_NOFORK);
