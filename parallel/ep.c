@@ -90,6 +90,7 @@ moe_status moe_ep_exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_exper
 {
     int P = map->ep_size, El = map->E_local, segs = P * El;
     MOE_TRY(ensure_meta(s, P, El));
+    size_t sent = 0;
     for (int p = 0; p < P; p++) {
         s->send_rows[p] = 0;
         for (int l = 0; l < El; l++) {
@@ -97,6 +98,7 @@ moe_status moe_ep_exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_exper
             s->send_counts[slot] = slot_offsets[slot + 1] - slot_offsets[slot];
             s->send_rows[p] += (size_t)s->send_counts[slot];
         }
+        sent += s->send_rows[p];
     }
     MOE_TRY(moe_alltoall(ep, s->send_counts, s->recv_counts, (size_t)El, MOE_DT_I32));
     s->offsets[0] = 0;
@@ -107,9 +109,6 @@ moe_status moe_ep_exchange_counts(moe_ep_layer *s, moe_comm *ep, const moe_exper
         s->recv_rows[p] = (size_t)(s->offsets[(p + 1) * El] - s->offsets[p * El]);
     row_splits(s->send_rows, P, C, s->sc, s->sd);
     row_splits(s->recv_rows, P, C, s->rc, s->rd);
-    size_t sent = 0;
-    for (int p = 0; p < P; p++)
-        sent += s->send_rows[p];
     return reserve(s, s->recv_total, sent, P, C, F);
 }
 

@@ -574,8 +574,7 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     x->SP = cfg->sequence_parallel && l->tp > 1, x->v = o->vpp;
     x->m = cfg->global_batch_size / (cfg->micro_batch_size * l->dp);
     x->distopt = cfg->use_distributed_optimizer;
-    x->prec = o->precision == MOE_PREC_AUTO ? (strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32)
-                                            : o->precision;
+    x->prec = moe_cost_resolve_precision(hw, o);
     x->ntok = x->b * x->T / x->CP;
     x->own = x->ntok / x->TP;
     x->imbalance = o->expert_imbalance;
@@ -597,31 +596,12 @@ static moe_status setup(ctx *x, const moe_config *cfg, const moe_layout *l, cons
     } else
         x->ep_hidden = 0;
 
-    double share = moe_cost_rank_share(hw, l->world), slice = moe_cost_rank_slice(hw, l->world);
-    x->rthreads = hw->shared && hw->cores / l->world > 1 ? hw->cores / l->world : 1;
+    double slice = moe_cost_rank_slice(hw, l->world);
+    x->rthreads = moe_cost_rank_threads(hw, l->world);
     x->fill_speedup = moe_cost_rank_slice(hw, l->world / l->pp) / slice;
     x->slice = slice, x->cores = hw->cores;
-    machine *m = &x->mc;
-    m->peak = hw->gemm_tflops * 1e12 * share;
     x->peak_all = hw->shared ? hw->gemm_tflops * 1e12 * hw->cores / hw->threads : hw->gemm_tflops * 1e12 * l->world;
-    m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
-    m->table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw;
-    m->membw = hw->mem_bw_gbs * 1e9 * share;
-    m->ewbw = hw->elementwise_gbs * 1e9 * share;
-    m->smrate = hw->softmax_gelems * 1e9 * share;
-    m->attrate = hw->attention_gelems * 1e9 * share;
-    m->blockrate = hw->attention_block_gelems * 1e9 * share;
-    m->optrate = hw->optimizer_gparams * 1e9 * share;
-    m->kern = hw->kernel_overhead_us * 1e-6 / slice;
-    double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
-    m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
-    m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
-    m->inter_burst = hw->inter_burst_kb * 1e3;
-    if (hw->shared && l->world > hw->cores) { /* a message waits for its receiver to get a core */
-        m->intra_lat = fmax(m->intra_lat, hw->oversub_lat_us * 1e-6);
-        m->inter_lat = fmax(m->inter_lat, hw->oversub_lat_us * 1e-6);
-    }
-    m->w = x->prec == MOE_PREC_BF16 ? 2 : 4;
+    moe_cost_machine_init(&x->mc, hw, o, l->world, x->prec);
 
     int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
     MOE_TRY(moe_cost_group_links(l, MOE_G_TP, rpn, &x->tp));

@@ -41,6 +41,18 @@ typedef struct {
 ** time-shared. Both 1 on a machine that is not shared. */
 double moe_cost_rank_slice(const moe_hwprofile *hw, int W);
 double moe_cost_rank_share(const moe_hwprofile *hw, int W);
+/* The threads each of W ranks runs: max(1, cores / W) on a shared machine
+** (launch/local.c), else 1. */
+int moe_cost_rank_threads(const moe_hwprofile *hw, int W);
+
+/* The precision a profile and the options give (o->precision, or the
+** profile's dtype when auto). */
+int moe_cost_resolve_precision(const moe_hwprofile *hw, const moe_cost_opts *o);
+
+/* One of W ranks' share of the profile: rates, kernel overhead, links
+** (link_efficiency applied, the oversubscribed latency when the ranks
+** outnumber a shared machine's cores), element size of `prec`. */
+void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_opts *o, int W, int prec);
 
 /* Efficiency of one GEMM of `flops`: the profile's table at that size when
 ** it has one (and no --gemm-efficiency override), else the single factor. */

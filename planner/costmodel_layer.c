@@ -7,7 +7,6 @@
 #include "planner/costmodel_internal.h"
 
 #include <math.h>
-#include <string.h>
 
 moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_hwprofile *hw,
                                        const moe_cost_opts *o, moe_cost_layer_report *out)
@@ -23,27 +22,8 @@ moe_status moe_costmodel_moe_layer_fwd(const moe_cost_layer_shape *s, const moe_
         return moe_fail(MOE_ERR_USAGE, "MoE layer shape: the all-to-all form is modelled for tp 1 only (got %d)",
                         s->tp);
     int W = s->tp * s->ep;
-    int prec = o->precision == MOE_PREC_AUTO ? (strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32)
-                                             : o->precision;
-    double le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
-    machine m = {
-        .peak = hw->gemm_tflops * 1e12 * moe_cost_rank_share(hw, W),
-        .eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency,
-        .table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw,
-        .membw = hw->mem_bw_gbs * 1e9 * moe_cost_rank_share(hw, W),
-        .ewbw = hw->elementwise_gbs * 1e9 * moe_cost_rank_share(hw, W),
-        .smrate = hw->softmax_gelems * 1e9 * moe_cost_rank_share(hw, W),
-        .kern = hw->kernel_overhead_us * 1e-6 / moe_cost_rank_slice(hw, W),
-        .intra_bw = hw->intra_gbs * 1e9 * le,
-        .inter_bw = hw->inter_gbs * 1e9 * le,
-        .intra_lat = hw->intra_lat_us * 1e-6,
-        .inter_lat = hw->inter_lat_us * 1e-6,
-        .w = prec == MOE_PREC_BF16 ? 2 : 4,
-    };
-    if (hw->shared && W > hw->cores) { /* a message waits for its receiver to get a core */
-        m.intra_lat = fmax(m.intra_lat, hw->oversub_lat_us * 1e-6);
-        m.inter_lat = fmax(m.inter_lat, hw->oversub_lat_us * 1e-6);
-    }
+    machine m;
+    moe_cost_machine_init(&m, hw, o, W, moe_cost_resolve_precision(hw, o));
     int rpn = o->ranks_per_node > 0 ? o->ranks_per_node : hw->ranks_per_node;
     group_link g = {.n = W, .cross = W > rpn, .local = W < rpn ? W : rpn};
     double El = (double)s->experts / s->ep, rows = s->tokens * s->topk / s->ep / El; /* per local expert */

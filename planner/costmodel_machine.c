@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The contracts are in costmodel_internal.h. */
 double moe_cost_eff_at(const machine *m, double flops)
@@ -33,20 +34,54 @@ double moe_cost_gemm_time_cached(const machine *m, double M, double K, double N)
     return gemm_roofline(m, M, K, N, m->table ? moe_hwprofile_gemm_efficiency_cached(m->table, flops) : m->eff);
 }
 
+int moe_cost_rank_threads(const moe_hwprofile *hw, int W)
+{
+    return hw->shared && hw->cores / W > 1 ? hw->cores / W : 1;
+}
+
 double moe_cost_rank_slice(const moe_hwprofile *hw, int W)
 {
     if (!hw->shared)
         return 1;
-    int t = hw->cores / W > 1 ? hw->cores / W : 1;
-    return fmin(1.0, (double)hw->cores / ((double)W * t));
+    return fmin(1.0, (double)hw->cores / ((double)W * moe_cost_rank_threads(hw, W)));
 }
 
 double moe_cost_rank_share(const moe_hwprofile *hw, int W)
 {
     if (!hw->shared)
         return 1;
-    int t = hw->cores / W > 1 ? hw->cores / W : 1;
-    return (double)t / hw->threads * moe_cost_rank_slice(hw, W);
+    return (double)moe_cost_rank_threads(hw, W) / hw->threads * moe_cost_rank_slice(hw, W);
+}
+
+int moe_cost_resolve_precision(const moe_hwprofile *hw, const moe_cost_opts *o)
+{
+    if (o->precision != MOE_PREC_AUTO)
+        return o->precision;
+    return strcmp(hw->dtype, "bf16") == 0 ? MOE_PREC_BF16 : MOE_PREC_FP32;
+}
+
+void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_opts *o, int W, int prec)
+{
+    double share = moe_cost_rank_share(hw, W), le = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
+    memset(m, 0, sizeof *m);
+    m->peak = hw->gemm_tflops * 1e12 * share;
+    m->eff = o->gemm_efficiency > 0 ? o->gemm_efficiency : hw->gemm_efficiency;
+    m->table = o->gemm_efficiency > 0 || hw->eff.points < 2 ? NULL : hw;
+    m->membw = hw->mem_bw_gbs * 1e9 * share;
+    m->ewbw = hw->elementwise_gbs * 1e9 * share;
+    m->smrate = hw->softmax_gelems * 1e9 * share;
+    m->attrate = hw->attention_gelems * 1e9 * share;
+    m->blockrate = hw->attention_block_gelems * 1e9 * share;
+    m->optrate = hw->optimizer_gparams * 1e9 * share;
+    m->kern = hw->kernel_overhead_us * 1e-6 / moe_cost_rank_slice(hw, W);
+    m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
+    m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
+    m->inter_burst = hw->inter_burst_kb * 1e3;
+    if (hw->shared && W > hw->cores) { /* a message waits for its receiver to get a core */
+        m->intra_lat = fmax(m->intra_lat, hw->oversub_lat_us * 1e-6);
+        m->inter_lat = fmax(m->inter_lat, hw->oversub_lat_us * 1e-6);
+    }
+    m->w = prec == MOE_PREC_BF16 ? 2 : 4;
 }
 
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
