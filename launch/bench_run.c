@@ -232,8 +232,9 @@ static int run_bench_layer(int argc, char **argv, const char *dir, char *bench)
 }
 
 /* `moe bench ...` runs moe-bench from the same directory; `moe bench a2a`
-** runs it under mpirun with --nproc ranks (default 4), `moe bench layer`
-** too, or across --hosts emulated hosts (run_bench_layer). */
+** runs it under mpirun with --nproc ranks (default 4), `moe bench lockstep`
+** too (default one per core), `moe bench layer` too, or across --hosts
+** emulated hosts (run_bench_layer). */
 int moe_bench_run(int argc, char **argv)
 {
     char dir[PATH_MAX], bench[PATH_MAX + 16], np[16] = "4", threads[48];
@@ -242,7 +243,10 @@ int moe_bench_run(int argc, char **argv)
     if (argc > 0 && strcmp(argv[0], "layer") == 0)
         return run_bench_layer(argc, argv, dir, bench);
     char *args[argc + 16];
-    int n = 0, mpi = argc > 0 && strcmp(argv[0], "a2a") == 0;
+    int lockstep = argc > 0 && strcmp(argv[0], "lockstep") == 0;
+    int n = 0, mpi = lockstep || (argc > 0 && strcmp(argv[0], "a2a") == 0);
+    if (lockstep) /* one rank per core: the machine full, as moe train --nproc <cores> fills it */
+        snprintf(np, sizeof np, "%ld", sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1);
     for (int i = 1; mpi && i < argc; i++) /* the usage, once, without ranks */
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             mpi = 0;

@@ -6,6 +6,8 @@
 int moe_bench_a2a(int argc, char **argv);
 int moe_bench_layer(int argc, char **argv);
 int moe_bench_planner(int argc, char **argv);
+/* perf/bench_lockstep.c: GEMM work between all-reduces against the same work alone (under mpirun). */
+int moe_bench_lockstep(int argc, char **argv);
 /* perf/bench_calibrate.c: measures this machine, writes a hardware profile. */
 int moe_bench_calibrate(int argc, char **argv);
 

@@ -6,6 +6,8 @@
 **   moe bench a2a [--nproc N] ...   (perf/bench_a2a.c, under mpirun)
 **   moe bench layer [--nproc N | --hosts N --link-rate R] ...   (perf/bench_layer.c:
 **       one MoE layer's expert part under overlap none / coarse / fine)
+**   moe bench lockstep [--nproc N] [--calls K1,..] ...   (perf/bench_lockstep.c, under mpirun:
+**       GEMM work between all-reduces against the same work alone)
 **   moe bench calibrate [--out FILE] [--base PROFILE] [--threads N] [--json]   (perf/bench_calibrate.c:
 **       sgemm at training shapes, triad, MPI ping-pong; writes a hardware profile)
 **   moe bench train [--config F] [--<model key> V ...] [--steps S] [--warmup W]
@@ -193,6 +195,7 @@ int main(int argc, char **argv)
                "       moe bench layer [--nproc N | --hosts N [--link-rate RATE]] [--tokens T] [--hidden H] [--ffn F]\n"
                "                       [--experts E] [--topk K] [--skew S] [--iters I] [--warmup W] [--chunks D]\n"
                "                       [--trace FILE] [--json]\n"
+               "       moe bench lockstep [--nproc N] [--calls K1,K2,..] [--shape MxKxN] [--rounds R] [--iters I] [--json]\n"
                "       moe bench calibrate [--out FILE] [--base PROFILE] [--threads N] [--json]\n");
         return argc < 2 ? 2 : 0;
     }
@@ -208,6 +211,8 @@ int main(int argc, char **argv)
         return moe_bench_planner(argc - 2, argv + 2);
     if (strcmp(argv[1], "calibrate") == 0)
         return moe_bench_calibrate(argc - 2, argv + 2);
-    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, layer, planner, calibrate)\n", argv[1]);
+    if (strcmp(argv[1], "lockstep") == 0)
+        return moe_bench_lockstep(argc - 2, argv + 2);
+    fprintf(stderr, "moe bench: error: unknown benchmark '%s' (gemm, train, a2a, layer, planner, calibrate, lockstep)\n", argv[1]);
     return 2;
 }
