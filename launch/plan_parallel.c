@@ -393,6 +393,8 @@ static void json_layout(FILE *f, const moe_cost_layout *e)
             r->expert_imbalance);
     fprintf(f, "\"compute_ms\":%.6g,\"bubble_ms\":%.6g,\"bubble_fraction\":%.6g,\"optimizer_ms\":%.6g,",
             1e3 * r->compute_s, 1e3 * r->bubble_s, r->bubble_fraction, 1e3 * r->optimizer_s);
+    fprintf(f, "\"core_wait_ms\":%.6g,\"core_wait_filled_ms\":%.6g,", 1e3 * r->core_wait_s,
+            1e3 * r->core_wait_filled_s);
     fprintf(f, "\"fwd_microbatch_ms\":%.6g,\"bwd_microbatch_ms\":%.6g,", 1e3 * r->fwd_mb_s, 1e3 * r->bwd_mb_s);
     fprintf(f, "\"elementwise_ms\":%.6g,\"kernel_calls\":%.6g,\"overhead_ms\":%.6g,", 1e3 * r->elementwise_s,
             r->kernel_calls, 1e3 * r->overhead_s);

@@ -703,6 +703,13 @@ static moe_status shared_pipeline(const ctx *x, const mb_cost *sf, const mb_cost
     return MOE_OK;
 }
 
+static void set_rates(const ctx *x, const moe_config *cfg, moe_cost_report *r)
+{
+    double tokens = (double)cfg->global_batch_size * cfg->seq_length;
+    r->tokens_per_s = tokens / r->step_s;
+    r->mfu = r->flops_per_token * r->tokens_per_s / x->peak_all;
+}
+
 static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
 {
     memset(r, 0, sizeof *r);
@@ -772,9 +779,7 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     r->optimizer_s = tc.opt;
     r->step_s = pipe + tail;
     credit_burst(x, r);
-    double tokens = (double)cfg->global_batch_size * cfg->seq_length;
-    r->tokens_per_s = tokens / r->step_s;
-    r->mfu = r->flops_per_token * r->tokens_per_s / x->peak_all;
+    set_rates(x, cfg, r);
 
     /* memory: the stage that needs most */
     r->mem_total = -1;
@@ -799,6 +804,27 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     return MOE_OK;
 }
 
+/* Ranks outnumbering a shared machine's cores: a message then waits for its
+** receiver to get a core (core_lat), but that core is meanwhile running the
+** other ranks' work, which the time-shared rates already charge: a rank is
+** off its core (1 - slice) of its compute and optimizer time, and a wait
+** for the core falls into that time until the waits outgrow it. The step
+** is the one on the links' own latencies plus the waits beyond it; r holds
+** the step with the core latencies on entry. */
+static moe_status fill_core_waits(const ctx *x, const moe_config *cfg, double mem_cap, moe_cost_report *r)
+{
+    ctx own = *x;
+    own.mc.core_lat = 0;
+    double with_waits = r->step_s;
+    MOE_TRY(fill_report(&own, cfg, mem_cap, r));
+    double waits = fmax(0, with_waits - r->step_s), off_core = (1 - x->slice) * (r->compute_s + r->optimizer_s);
+    r->core_wait_filled_s = fmin(waits, off_core);
+    r->core_wait_s = waits - r->core_wait_filled_s;
+    r->step_s += r->core_wait_s;
+    set_rates(x, cfg, r);
+    return MOE_OK;
+}
+
 moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, const moe_cost_opts *o,
                               moe_cost_report *out)
 {
@@ -814,6 +840,8 @@ moe_status moe_costmodel_step(const moe_config *c, const moe_hwprofile *hw, cons
     MOE_TRY_GOTO(setup(&x, cfg, &l, hw, o), st, done);
     double cap = hw->mem_gib * 1073741824.0 * o->mem_usable / (hw->shared ? l.world : 1);
     MOE_TRY_GOTO(fill_report(&x, cfg, cap, out), st, done);
+    if (x.mc.core_lat > 0)
+        MOE_TRY_GOTO(fill_core_waits(&x, cfg, cap, out), st, done);
     out->link_efficiency = o->link_efficiency > 0 ? o->link_efficiency : hw->link_efficiency;
 done:
     free(cfg);

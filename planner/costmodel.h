@@ -33,8 +33,11 @@
 ** shared machine a rank gets the profile's rates (measured with `threads`
 ** threads) x its own threads max(1, cores / W) / threads, x cores / (W x its
 ** threads) when the W ranks outnumber the cores (time-shared; the kernel
-** overhead grows by the same factor, and every message costs at least
-** oversubscribed_latency_us). A profile
+** overhead grows by the same factor, and every message waits at least
+** oversubscribed_latency_us for its receiver to get a core: core_wait_s,
+** the step with those waits less what of them falls into the time the
+** rank's core runs the other ranks, (1 - slice) of its compute and
+** optimizer). A profile
 ** with a gemm_efficiency_table (hwprofile.h) replaces the factor by
 ** the table's value at each GEMM's FLOPs (attention scores: their FLOPs),
 ** unless opts.gemm_efficiency overrides it; the report's gemm_efficiency is
@@ -166,6 +169,11 @@ typedef struct {
     double bubble_s;         /* pipeline time beyond m x the slowest stage's tf + tb (< 0: see docs, oversubscribed) */
     double bubble_fraction;  /* (p-1) / (v m + p - 1): the schedule's idle fraction for equal stages */
     double optimizer_s;
+    double core_wait_s;        /* ranks outnumbering a shared machine's cores: the messages' waits for a core
+                                  (oversubscribed_latency_us each) beyond what the other ranks' work fills; in
+                                  step_s, not in comm[] (whose latencies are the links' own) */
+    double core_wait_filled_s; /* of those waits, what falls into the (1 - slice) of this rank's compute and
+                                  optimizer time that its core runs the others */
     double step_s;
     double tokens_per_s;
     double mfu;              /* flops_per_token x tokens_per_s / (world x peak per rank) */

@@ -29,7 +29,9 @@ typedef struct {
     double optrate;     /* parameters/s per rank of the fp32 optimizer step (gradient norm + AdamW) */
     double kern;        /* s: fixed cost of one kernel call */
     double intra_bw, inter_bw; /* bytes/s per rank per direction, link_efficiency applied */
-    double intra_lat, inter_lat; /* s */
+    double intra_lat, inter_lat; /* s: the links' own */
+    double core_lat;    /* s: at least this per message when the ranks outnumber a shared machine's cores (its
+                           receiver waits for a core; oversubscribed_latency_us), else 0 */
     double inter_burst; /* bytes a token-bucket inter-node link passes at once */
     double w;           /* bytes per activation / weight element */
 } machine;
@@ -50,8 +52,8 @@ int moe_cost_rank_threads(const moe_hwprofile *hw, int W);
 int moe_cost_resolve_precision(const moe_hwprofile *hw, const moe_cost_opts *o);
 
 /* One of W ranks' share of the profile: rates, kernel overhead, links
-** (link_efficiency applied, the oversubscribed latency when the ranks
-** outnumber a shared machine's cores), element size of `prec`. */
+** (link_efficiency applied; core_lat, the oversubscribed latency, when the
+** ranks outnumber a shared machine's cores), element size of `prec`. */
 void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_opts *o, int W, int prec);
 
 /* Efficiency of one GEMM of `flops`: the profile's table at that size when

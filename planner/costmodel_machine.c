@@ -77,15 +77,15 @@ void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_o
     m->intra_bw = hw->intra_gbs * 1e9 * le, m->inter_bw = hw->inter_gbs * 1e9 * le;
     m->intra_lat = hw->intra_lat_us * 1e-6, m->inter_lat = hw->inter_lat_us * 1e-6;
     m->inter_burst = hw->inter_burst_kb * 1e3;
-    if (hw->shared && W > hw->cores) { /* a message waits for its receiver to get a core */
-        m->intra_lat = fmax(m->intra_lat, hw->oversub_lat_us * 1e-6);
-        m->inter_lat = fmax(m->inter_lat, hw->oversub_lat_us * 1e-6);
-    }
+    m->core_lat = hw->shared && W > hw->cores ? hw->oversub_lat_us * 1e-6 : 0;
     m->w = prec == MOE_PREC_BF16 ? 2 : 4;
 }
 
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
-double moe_cost_link_lat(const machine *m, const group_link *g) { return g->cross ? m->inter_lat : m->intra_lat; }
+double moe_cost_link_lat(const machine *m, const group_link *g)
+{
+    return fmax(g->cross ? m->inter_lat : m->intra_lat, m->core_lat);
+}
 
 double moe_cost_ring_time(const machine *m, const group_link *g, double steps, double bytes)
 {
@@ -109,7 +109,8 @@ double moe_cost_a2a_time(const machine *m, const group_link *g, double held)
     if (g->n <= 1)
         return 0;
     double nl = g->local - 1.0, nr = (double)(g->n - g->local);
-    return fmax(nl * m->intra_lat + nl / g->n * held / m->intra_bw, nr * m->inter_lat + nr / g->n * held / m->inter_bw);
+    double li = fmax(m->intra_lat, m->core_lat), lx = fmax(m->inter_lat, m->core_lat);
+    return fmax(nl * li + nl / g->n * held / m->intra_bw, nr * lx + nr / g->n * held / m->inter_bw);
 }
 
 double moe_cost_p2p_time(const machine *m, const group_link *g, double bytes)

@@ -554,16 +554,31 @@ START_TEST(test_kernel_terms)
     double lat = 1 * 2 * 5 * 3 * 7e-6;
     ck_assert_msg(close_rel(b.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat, 1e-9), "%.17g vs %g",
                   b.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat);
-    /* 4 ranks on 2 cores: every message costs at least the oversubscribed
-    ** latency; on 2 ranks (one per core) it does not apply */
+    /* 4 ranks on 2 cores: every message waits at least the oversubscribed
+    ** latency for a core, which runs the other ranks meanwhile: waits up to
+    ** half (1 - slice) of the rank's compute and optimizer cost nothing,
+    ** beyond that they add one for one; comm[] keeps the links' own
+    ** latencies. On 2 ranks (one per core) none of it applies. */
     hw.oversub_lat_us = 20;
     moe_cost_report ov = step(&c, &hw, &o);
-    ck_assert(close_rel(ov.comm[MOE_COMM_EP].exposed_s - a.comm[MOE_COMM_EP].exposed_s, lat * 20 / 7, 1e-9));
+    ck_assert(ov.comm[MOE_COMM_EP].exposed_s == b.comm[MOE_COMM_EP].exposed_s && ov.step_s == b.step_s);
+    ck_assert(ov.core_wait_s == 0 && ov.core_wait_filled_s >= 13e-6 * 30); /* 20 - 7 us over 30 EP messages */
+    double cw[3];
+    for (int k = 1; k <= 3; k++) { /* 0.1 s a message: far beyond the compute */
+        hw.oversub_lat_us = 1e5 * k;
+        moe_cost_report w = step(&c, &hw, &o);
+        ck_assert(close_rel(w.core_wait_filled_s, 0.5 * (w.compute_s + w.optimizer_s), 1e-12));
+        ck_assert(close_rel(w.step_s, b.step_s + w.core_wait_s, 1e-12));
+        cw[k - 1] = w.core_wait_s;
+    }
+    double msgs = (cw[1] - cw[0]) / 0.1; /* messages on the step's path, each waiting the whole latency */
+    ck_assert_msg(msgs >= 30 && fabs(msgs - round(msgs)) < 1e-6 && close_rel(cw[2] - cw[1], cw[1] - cw[0], 1e-9),
+                  "%.9g messages", msgs);
     set_layout(&c, 2, 1, 1, 1, 2, 1);
     moe_cost_report two = step(&c, &hw, &o);
     hw.oversub_lat_us = 0;
     moe_cost_report two0 = step(&c, &hw, &o);
-    ck_assert(two.step_s == two0.step_s);
+    ck_assert(two.step_s == two0.step_s && two.core_wait_s == 0 && two.core_wait_filled_s == 0);
     set_layout(&c, 4, 1, 1, 1, 4, 1);
     /* a shared machine of 2 cores: 4 ranks time-share them, so each kernel
     ** call's overhead doubles; 2 ranks run one thread each, so a profile
