@@ -24,18 +24,6 @@
 #include "runtime/base/rng.h"
 #include "runtime/base/timer.h"
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 typedef struct {
     int tokens, hidden, topk, experts, iters, json;
 } a2a_args;
@@ -161,7 +149,7 @@ int moe_bench_a2a(int argc, char **argv)
     /* the slowest rank sets the pace */
     moe_allreduce(world, t_disp, (size_t)a.iters, MOE_DT_F64, MOE_OP_MAX);
     moe_allreduce(world, t_bare, (size_t)a.iters, MOE_DT_F64, MOE_OP_MAX);
-    double md = median(t_disp, a.iters), mb = median(t_bare, a.iters);
+    double md = moe_bench_median(t_disp, a.iters), mb = moe_bench_median(t_bare, a.iters);
     double bytes = 4.0 * (double)R * C * sizeof(float); /* per rank, per iteration */
     if (rank == 0) {
         if (a.json)

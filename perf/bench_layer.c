@@ -256,18 +256,11 @@ static void draw_routing(int32_t *slots, const moe_expert_map *map, const double
 
 /* ---- statistics ---------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(const double *v, int n)
 {
     double s[n];
     memcpy(s, v, sizeof s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    return moe_bench_median(s, n);
 }
 
 /* The iteration whose time is the (lower) median: the one the trace shows. */

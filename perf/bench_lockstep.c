@@ -50,18 +50,6 @@ static const char *USAGE =
     "  of 256x64x256 (operands in cache), 5 rounds of 200 iterations per phase. Prints the median\n"
     "  mean iteration of each phase and together / alone, lockstep / alone.\n";
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* "1,4,16" -> calls[]; 0 on a malformed list or a count outside 1..100000. */
 static int parse_calls(const char *s, lockstep_args *a)
 {
@@ -196,7 +184,7 @@ static moe_status measure(const bench *b, double med[][NPHASES])
             for (int ph = 0; ph < NPHASES && st == MOE_OK; ph++)
                 st = run_phase(b, (phase)ph, a->calls[p], &t[ph * a->rounds + r]);
         for (int ph = 0; ph < NPHASES && st == MOE_OK; ph++)
-            med[p][ph] = median(&t[ph * a->rounds], a->rounds);
+            med[p][ph] = moe_bench_median(&t[ph * a->rounds], a->rounds);
     }
     free(t);
     return st;

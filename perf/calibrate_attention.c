@@ -12,6 +12,7 @@
 #include "layers/attention.h"
 #include "layers/attention_block.h"
 #include "layers/gemm.h"
+#include "perf/bench.h"
 #include "planner/costmodel.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
@@ -71,12 +72,6 @@ static moe_status bufs_alloc(const att_shape *s, att_bufs *a)
     return MOE_OK;
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
 /* One layer's attention core forward and backward, CP = 1 or what one rank
 ** of CP = 2 runs. */
 static void run_once(const att_shape *s, att_bufs *a, int cp)
@@ -131,8 +126,8 @@ static void median_run(const att_shape *s, att_bufs *a, int cp, double *wall, do
         o[r] = t[r] - g / nt;
     }
     gemm_timers(NULL);
-    qsort(t, NRUN, sizeof *t, cmp_double);
-    qsort(o, NRUN, sizeof *o, cmp_double);
+    qsort(t, NRUN, sizeof *t, moe_bench_cmp_double);
+    qsort(o, NRUN, sizeof *o, moe_bench_cmp_double);
     *wall = t[NRUN / 2], *own = o[NRUN / 2];
 }
 
