@@ -36,7 +36,8 @@
 #               its measurements (and the routing traces next to it) and only predict
 # Writes the measurements to $OUT/measured.tsv (OUT default: a temp dir,
 # printed) with the mean 1-minute load average before the layout's runs
-# (and, with CALIBRATE=1, the median of its runs' predictions), and every run
+# (and, with CALIBRATE=1, the median of its runs' predictions; then the
+# fastest and slowest run, "lo-hi", shown as the table's "runs ms"), and every run
 # to $OUT/runs.tsv (layout, round, ms, load, predicted ms or -).
 # Timings depend on an otherwise idle machine: the load is printed with each
 # row; rerun the rows measured under load.
@@ -155,10 +156,12 @@ measure_rounds() { # REPEAT rounds over the selected rows -> $OUT/runs.tsv, then
   for row in "${LAYOUTS[@]}"; do
     selected "$row" || continue
     name=${row%%|*}
-    printf "%s\t%s\t%s\t%s\n" "$name" \
+    printf "%s\t%s\t%s\t%s\t%s\n" "$name" \
       "$(awk -F'\t' -v n="$name" '$1 == n && $3 != "nan" { print $3 }' "$OUT/runs.tsv" | median)" \
       "$(awk -F'\t' -v n="$name" '$1 == n { s += $4; k++ } END { printf "%.2f", k ? s / k : 0 }' "$OUT/runs.tsv")" \
       "$(awk -F'\t' -v n="$name" '$1 == n && $5 != "-" && $5 != "nan" { print $5 }' "$OUT/runs.tsv" | median)" \
+      "$(awk -F'\t' -v n="$name" '$1 == n && $3 != "nan" { v = $3 + 0; lo = (k && lo < v) ? lo : v; hi = (k && hi > v) ? hi : v; k++ }
+        END { if (k) printf "%.4g-%.4g", lo, hi }' "$OUT/runs.tsv")" \
       >>"$OUT/measured.tsv"
   done
 }
@@ -220,11 +223,11 @@ if [ -z "${MEASURED:-}" ]; then
 fi
 COLS=$HW # and the in-run calibration's column when the measurements carry its predictions
 awk -F'\t' '$4 != "" && $4 != "nan" { f = 1 } END { exit !f }' "$MEASURED" && COLS="$HW @run"
-hdr=$(printf "%-20s %11s %5s" layout measured_ms load)
+hdr=$(printf "%-20s %11s %15s %5s" layout measured_ms runs_ms load)
 for hw in $COLS; do hdr+=$(printf " | %-28s" "$(label "$hw"): pred_ms err% <=20%"); done
 echo "$hdr"
-md="| layout | measured ms | load |"
-mdsep="|---|---|---|"
+md="| layout | measured ms | runs ms | load |"
+mdsep="|---|---|---|---|"
 for hw in $COLS; do md+=" $(label "$hw") | err |"; mdsep+="---|---|"; done
 md+=$'\n'"$mdsep"
 nin=(); ntot=0
@@ -233,8 +236,9 @@ for row in "${LAYOUTS[@]}"; do
   IFS='|' read -r name cfg world sizes batch emu <<<"$row"
   ms=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$MEASURED")
   ld=$(awk -F'\t' -v n="$name" '$1 == n { print ($3 == "" ? "-" : $3) }' "$MEASURED")
-  line=$(printf "%-20s %11s %5s" "$name" "$ms" "$ld")
-  mdl="| $name | $ms | $ld |"
+  span=$(awk -F'\t' -v n="$name" '$1 == n { print ($5 == "" ? "-" : $5) }' "$MEASURED")
+  line=$(printf "%-20s %11s %15s %5s" "$name" "$ms" "$span" "$ld")
+  mdl="| $name | $ms | ${span/-/–} | $ld |"
   i=0
   for hw in $COLS; do
     p=$(column_pred "$hw" "$name" "$cfg" "$world" "$sizes" "$batch" "$emu")
