@@ -245,8 +245,9 @@ int moe_bench_run(int argc, char **argv)
     char *args[argc + 16];
     int lockstep = argc > 0 && strcmp(argv[0], "lockstep") == 0;
     int n = 0, mpi = lockstep || (argc > 0 && strcmp(argv[0], "a2a") == 0);
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (lockstep) /* one rank per core: the machine full, as moe train --nproc <cores> fills it */
-        snprintf(np, sizeof np, "%ld", sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 1);
+        snprintf(np, sizeof np, "%d", cores > 0 ? cores : 1);
     for (int i = 1; mpi && i < argc; i++) /* the usage, once, without ranks */
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             mpi = 0;

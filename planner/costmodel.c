@@ -703,7 +703,7 @@ static moe_status shared_pipeline(const ctx *x, const mb_cost *sf, const mb_cost
     return MOE_OK;
 }
 
-static void set_rates(const ctx *x, const moe_config *cfg, moe_cost_report *r)
+static void set_throughput(const ctx *x, const moe_config *cfg, moe_cost_report *r)
 {
     double tokens = (double)cfg->global_batch_size * cfg->seq_length;
     r->tokens_per_s = tokens / r->step_s;
@@ -779,7 +779,7 @@ static moe_status fill_report(const ctx *x, const moe_config *cfg, double mem_ca
     r->optimizer_s = tc.opt;
     r->step_s = pipe + tail;
     credit_burst(x, r);
-    set_rates(x, cfg, r);
+    set_throughput(x, cfg, r);
 
     /* memory: the stage that needs most */
     r->mem_total = -1;
@@ -821,7 +821,7 @@ static moe_status fill_core_waits(const ctx *x, const moe_config *cfg, double me
     r->core_wait_filled_s = fmin(waits, off_core);
     r->core_wait_s = waits - r->core_wait_filled_s;
     r->step_s += r->core_wait_s;
-    set_rates(x, cfg, r);
+    set_throughput(x, cfg, r);
     return MOE_OK;
 }
 

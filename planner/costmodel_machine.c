@@ -82,10 +82,10 @@ void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_o
 }
 
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }
-double moe_cost_link_lat(const machine *m, const group_link *g)
-{
-    return fmax(g->cross ? m->inter_lat : m->intra_lat, m->core_lat);
-}
+/* A message's latency: its link's, or at least the wait for its receiver's core. */
+static double latency(const machine *m, int cross) { return fmax(cross ? m->inter_lat : m->intra_lat, m->core_lat); }
+
+double moe_cost_link_lat(const machine *m, const group_link *g) { return latency(m, g->cross); }
 
 double moe_cost_ring_time(const machine *m, const group_link *g, double steps, double bytes)
 {
@@ -109,8 +109,8 @@ double moe_cost_a2a_time(const machine *m, const group_link *g, double held)
     if (g->n <= 1)
         return 0;
     double nl = g->local - 1.0, nr = (double)(g->n - g->local);
-    double li = fmax(m->intra_lat, m->core_lat), lx = fmax(m->inter_lat, m->core_lat);
-    return fmax(nl * li + nl / g->n * held / m->intra_bw, nr * lx + nr / g->n * held / m->inter_bw);
+    return fmax(nl * latency(m, 0) + nl / g->n * held / m->intra_bw,
+                nr * latency(m, 1) + nr / g->n * held / m->inter_bw);
 }
 
 double moe_cost_p2p_time(const machine *m, const group_link *g, double bytes)
