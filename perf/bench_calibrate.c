@@ -33,7 +33,8 @@
 **     MPI_Alltoall, which is intra_node_latency_us, and MPI_Allreduce), then
 **     2 x cores ranks oversubscribed as moe train starts them (--pingpong-over:
 **     pairs ping-pong with 50 us of work between, oversubscribed_latency_us);
-**   - cores: the online processors.
+**   - cores: the online processors; core_cache_kb: the cache private to
+**     core 0, from hwloc (left out, with a warning, when hwloc cannot say).
 **
 ** Keys not measured here (memory size, ranks per node, shared, the link
 ** rates, the inter-node latency, link efficiency) are copied from --base with
@@ -58,6 +59,7 @@
 #include "perf/calibrate_optimizer.h"
 #include "perf/gemm_stall.h"
 #include "planner/hwprofile.h"
+#include "runtime/base/core_cache.h"
 #include "runtime/base/mem.h"
 #include "runtime/base/timer.h"
 
@@ -552,6 +554,19 @@ static void put_table(FILE *f, const char *key, const char *source, const point 
         fprintf(f, "    - [%.4g, %.4f]\n", pts[i].flops, pts[i].eff);
 }
 
+/* core_cache_kb from hwloc; left out (the model then takes no GEMM as
+** cached but the attention tiles') when hwloc cannot say. */
+static void put_core_cache(FILE *f, const char *date)
+{
+    size_t bytes;
+    if (moe_core_cache_bytes(&bytes) != MOE_OK) {
+        fprintf(stderr, "moe bench calibrate: warning: %s; core_cache_kb left out\n", moe_errmsg());
+        return;
+    }
+    fprintf(f, "core_cache_kb:\n  value: %zu\n  source: \"read by moe bench calibrate on %s from hwloc: the largest "
+            "cache private to core 0\"\n", bytes / 1024, date);
+}
+
 static void put(FILE *f, const char *key, const char *value, const char *source)
 {
     fprintf(f, "%s:\n  value: %s\n  source: \"%s\"\n", key, value, source);
@@ -798,6 +813,7 @@ int moe_bench_calibrate(int argc, char **argv)
              "of work between messages, median half round trip of 1001",
              date, 2 * ncores, ncores);
     put_num(f, "oversubscribed_latency_us", over_us, src);
+    put_core_cache(f, date);
     snprintf(src, sizeof src,
              "measured by moe bench calibrate on %s: sgemm rate at each size, %d thread(s) (the median call, operands "
              "out of cache, less kernel_overhead_us, which the model adds per call; calls under twice it left out) / "

@@ -13,7 +13,10 @@
 # --trace-window 1, the first run's) and the prediction reads it
 # (--routing-trace, windows after the warm-up): the busiest expert rank's
 # load is an input of the model, like the layout, not a timing.
-#   perf/validate_model.sh [STEPS] [WARMUP]          (defaults 8 3)
+#   perf/validate_model.sh [STEPS] [WARMUP]          (defaults 20 5)
+#   The model predicts a steady step; a run's first steps grow buffers and
+#   warm caches (tiny's steps 3-11 ran 5-10% slower than steps 5-30), so the
+#   median is of the STEPS steps after WARMUP.
 #   env: HW     the columns, space separated; each a profile, or A+B: of the
 #               profiles A and B the one whose `threads` equals the threads
 #               each rank of the row runs (max(1, cores / ranks), as the
@@ -44,8 +47,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
-STEPS=${1:-8}
-WARMUP=${2:-3}
+STEPS=${1:-20}
+WARMUP=${2:-5}
 MOE=${MOE:-build/bin/moe}
 RATE=${RATE:-1gbit}
 EMU_ON=${EMU:-1}

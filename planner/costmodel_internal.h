@@ -34,6 +34,9 @@ typedef struct {
                            receiver waits for a core; oversubscribed_latency_us), else 0 */
     double inter_burst; /* bytes a token-bucket inter-node link passes at once */
     double w;           /* bytes per activation / weight element */
+    double own_cache;   /* bytes: a one-thread rank's GEMMs whose operands fit take the cached table (the
+                           profile's core_cache_kb); 0 with several threads, more ranks than cores, or no
+                           core_cache_kb */
 } machine;
 
 /* On a shared machine of `cores` cores, W ranks run max(1, cores / W)
@@ -59,8 +62,10 @@ void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_o
 /* Efficiency of one GEMM of `flops`: the profile's table at that size when
 ** it has one (and no --gemm-efficiency override), else the single factor. */
 double moe_cost_eff_at(const machine *m, double flops);
-/* Roofline of one GEMM call, without its kernel overhead; _cached: on
-** operands already in cache (the profile's cached table, if it has one). */
+/* Roofline of one GEMM call, without its kernel overhead: at the cached
+** table when its operands fit in own_cache, else the out-of-cache one;
+** _cached: on operands already in cache (the profile's cached table, if it
+** has one). */
 double moe_cost_gemm_time(const machine *m, double M, double K, double N);
 double moe_cost_gemm_time_cached(const machine *m, double M, double K, double N);
 double moe_cost_link_bw(const machine *m, const group_link *g);

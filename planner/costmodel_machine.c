@@ -25,6 +25,8 @@ static double gemm_roofline(const machine *m, double M, double K, double N, doub
 
 double moe_cost_gemm_time(const machine *m, double M, double K, double N)
 {
+    if ((M * K + K * N + M * N) * m->w <= m->own_cache)
+        return moe_cost_gemm_time_cached(m, M, K, N);
     return gemm_roofline(m, M, K, N, moe_cost_eff_at(m, 2.0 * M * K * N));
 }
 
@@ -79,6 +81,10 @@ void moe_cost_machine_init(machine *m, const moe_hwprofile *hw, const moe_cost_o
     m->inter_burst = hw->inter_burst_kb * 1e3;
     m->core_lat = hw->shared && W > hw->cores ? hw->oversub_lat_us * 1e-6 : 0;
     m->w = prec == MOE_PREC_BF16 ? 2 : 4;
+    /* one thread keeps a kernel's outputs in its core's own cache for the
+    ** next; several split each kernel's rows their own ways, and ranks
+    ** outnumbering the cores take turns on a core at every wait (hwprofile.h) */
+    m->own_cache = moe_cost_rank_threads(hw, W) == 1 && moe_cost_rank_slice(hw, W) == 1 ? hw->core_cache_kb * 1024 : 0;
 }
 
 double moe_cost_link_bw(const machine *m, const group_link *g) { return g->cross ? m->inter_bw : m->intra_bw; }

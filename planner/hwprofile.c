@@ -19,6 +19,7 @@ typedef struct {
     field_type type;
     size_t off;
     double min, max; /* inclusive range for numbers */
+    int optional;    /* may be left out (then 0) */
 } field_def;
 
 #define OFF(m) offsetof(moe_hwprofile, m)
@@ -45,6 +46,7 @@ static const field_def FIELDS[MOE_HW_NFIELDS] = {
     [MOE_HW_THREADS] = {"threads", F_INT, OFF(threads), 1, 1 << 20},
     [MOE_HW_OVERSUB_LAT_US] = {"oversubscribed_latency_us", F_REAL, OFF(oversub_lat_us), 0, 1e6},
     [MOE_HW_INTER_BURST_KB] = {"inter_node_burst_kb", F_REAL, OFF(inter_burst_kb), 0, 1e9},
+    [MOE_HW_CORE_CACHE_KB] = {"core_cache_kb", F_REAL, OFF(core_cache_kb), 0, 1e9, 1},
 };
 #undef OFF
 
@@ -391,7 +393,7 @@ static moe_status read_document(reader *r, moe_hwprofile *hw)
     if (!seen[MOE_HW_NFIELDS] || !hw->name[0])
         return moe_fail(MOE_ERR_USAGE, "%s: missing key 'name'", r->path);
     for (int k = 0; k < MOE_HW_NFIELDS; k++)
-        if (!seen[k])
+        if (!seen[k] && !FIELDS[k].optional)
             return moe_fail(MOE_ERR_USAGE, "%s: missing key '%s'", r->path, FIELDS[k].key);
     if (seen[MOE_HW_NFIELDS + 3] && !seen[MOE_HW_NFIELDS + 2])
         return moe_fail(MOE_ERR_USAGE, "%s:%zu: gemm_efficiency_table_cached without gemm_efficiency_table (the "

@@ -5,8 +5,9 @@
 ** written down elsewhere, and every number says which in its `source`.
 **
 ** File format: one mapping. `name` is a plain string, `description` an
-** optional plain string; every other key is required and is a mapping with
-** a `value` and a non-empty `source` string:
+** optional plain string; every other key is required (but the optional ones
+** named below) and is a mapping with a `value` and a non-empty `source`
+** string:
 **
 **   name: h100-sxm
 **   gemm_tflops:
@@ -71,6 +72,18 @@
 ** lets each step's first burst of inter-node bytes through free (the bucket
 ** refills between steps). Real links: 0.
 **
+** Optional key core_cache_kb (a value with a source, like the others; `moe
+** bench calibrate` reads it from hwloc): the cache one core keeps to itself,
+** L2 on this CPU. A rank running one thread on a core of its own finds
+** there the operands the kernels before it just wrote, so its GEMMs whose
+** operands fit take the cached table below; with several threads each
+** kernel splits its rows its own way and a row's operands sit in another
+** core's cache (measured: tiny on one thread runs its GEMMs at the cached
+** table's rates, on two at the out-of-cache table's), and ranks that
+** outnumber the cores take turns on a core at every message wait, each
+** turn running another rank's kernels through that cache. Absent or 0:
+** every GEMM takes the out-of-cache table, as a GPU profile's do.
+**
 ** Optional key `gemm_efficiency_table` (written by `moe bench calibrate`):
 ** the efficiency a GEMM reaches as a function of its size in FLOPs (2MKN),
 ** a mapping with a non-empty `source` and `points`, a list of
@@ -92,7 +105,8 @@
 ** table above walks memory, as most of a step's GEMMs find their weights
 ** evicted by the kernels between). The cost model uses it for the fp32
 ** attention kernels' GEMMs, whose tiles the same kernel has just written
-** or read; without it they take the table above.
+** or read, and for a one-thread rank's GEMMs whose operands fit in
+** core_cache_kb; without it they take the table above.
 **
 ** Memory: moe_hwprofile is a plain value; nothing is allocated after return.
 */
@@ -125,6 +139,7 @@ typedef enum {
     MOE_HW_THREADS,          /* shared machine: the threads of the one rank the rates were measured with (1 otherwise) */
     MOE_HW_OVERSUB_LAT_US,   /* shared machine: per-message latency while its ranks outnumber its cores */
     MOE_HW_INTER_BURST_KB,   /* inter-node links as token buckets (tbf): kB a link passes at once; 0 = none */
+    MOE_HW_CORE_CACHE_KB,    /* optional: the cache one core keeps to itself, KiB; absent or 0 = not modelled */
     MOE_HW_NFIELDS
 } moe_hw_field;
 
@@ -159,6 +174,7 @@ typedef struct {
     int cores, threads;
     double oversub_lat_us;
     double inter_burst_kb;
+    double core_cache_kb; /* 0 when the profile has none */
     char source[MOE_HW_NFIELDS][512]; /* each field's source, as written */
     moe_hw_efftable eff;        /* gemm_efficiency_table (points 0: absent) */
     moe_hw_efftable eff_cached; /* gemm_efficiency_table_cached (points 0: absent) */
