@@ -60,18 +60,10 @@ END_TEST
 ** `extra`, loaded. */
 static moe_status load_extra(const char *extra, moe_hwprofile *hw)
 {
-    static char text[1 << 16];
-    FILE *in = fopen(MOE_SRC_DIR "/configs/hw/this-machine.yaml", "r");
-    ck_assert_ptr_nonnull(in);
-    size_t n = fread(text, 1, sizeof text - 1, in);
-    fclose(in);
-    ck_assert(n > 0 && n + strlen(extra) < sizeof text);
-    text[n] = 0;
-    strcat(text, extra);
     char dir[512], path[600];
     tu_tmpdir(dir, sizeof dir, "core_cache");
     snprintf(path, sizeof path, "%s/hw.yaml", dir);
-    tu_write(path, text);
+    tu_write_after(path, MOE_SRC_DIR "/configs/hw/this-machine.yaml", extra);
     moe_error_clear();
     return moe_hwprofile_load(path, hw);
 }
@@ -93,7 +85,8 @@ START_TEST(test_profile_key)
     ck_assert(hw.core_cache_kb == 2048);
     ck_assert_str_eq(hw.source[MOE_HW_CORE_CACHE_KB], "hwloc");
     const char *bad[] = {"core_cache_kb: 2048\n", "core_cache_kb: {value: -1, source: \"x\"}\n",
-                         "core_cache_kb: {value: 2048, source: \"\"}\n", "core_cache_kb: {value: big, source: \"x\"}\n"};
+                         "core_cache_kb: {value: 2048, source: \"\"}\n",
+                         "core_cache_kb: {value: big, source: \"x\"}\n"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ck_assert_int_eq(load_extra(bad[i], &hw), MOE_ERR_USAGE);
         ck_assert_msg(strstr(moe_errmsg(), "core_cache_kb") != NULL, "%s", moe_errmsg());

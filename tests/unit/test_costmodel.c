@@ -664,24 +664,14 @@ static moe_status load_variant(const char *key, const char *with, char *msg, siz
     return load_variant_into(key, with, msg, cap, NULL);
 }
 
-/* Writes this-machine.yaml plus `extra` to a temp file and loads it. */
+/* this-machine.yaml plus `extra`, loaded. */
 static moe_status load_with_table(const char *extra, moe_hwprofile *hw)
 {
-    char path[] = "/tmp/moe_hw_table_XXXXXX";
-    int fd = mkstemp(path);
-    ck_assert_int_ge(fd, 0);
-    FILE *out = fdopen(fd, "w"), *in = fopen(HW_DIR "/this-machine.yaml", "r");
-    ck_assert_ptr_nonnull(out);
-    ck_assert_ptr_nonnull(in);
-    char line[1024];
-    while (fgets(line, sizeof line, in))
-        fputs(line, out);
-    fputs(extra, out);
-    fclose(in);
-    fclose(out);
-    moe_status st = moe_hwprofile_load(path, hw);
-    remove(path);
-    return st;
+    char dir[512], path[600];
+    tu_tmpdir(dir, sizeof dir, "hw_table");
+    snprintf(path, sizeof path, "%s/hw.yaml", dir);
+    tu_write_after(path, HW_DIR "/this-machine.yaml", extra);
+    return moe_hwprofile_load(path, hw);
 }
 
 START_TEST(test_gemm_efficiency_table)

@@ -44,6 +44,23 @@ void tu_write(const char *path, const char *text)
     }
 }
 
+void tu_write_after(const char *path, const char *from, const char *extra)
+{
+    FILE *in = fopen(from, "r"), *out = in ? fopen(path, "w") : NULL;
+    char buf[4096];
+    size_t n;
+    int ok = out != NULL;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    ok = ok && !ferror(in) && fputs(extra, out) >= 0;
+    if (in)
+        fclose(in);
+    if (!out || fclose(out) != 0 || !ok) {
+        perror(path);
+        abort();
+    }
+}
+
 const char *tu_bin(const char *name)
 {
     static char buf[4][1024];

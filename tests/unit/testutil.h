@@ -15,6 +15,8 @@ void tu_tmpdir(char *buf, size_t cap, const char *tag);
 int tu_run(const char *cmd, char *out, size_t cap);
 /* Writes text to path; aborts the test on failure. */
 void tu_write(const char *path, const char *text);
+/* Writes the file `from` followed by `extra` to path; aborts the test on failure. */
+void tu_write_after(const char *path, const char *from, const char *extra);
 /* Path of a built program: MOE_BIN_DIR "/" name. */
 const char *tu_bin(const char *name);
 
